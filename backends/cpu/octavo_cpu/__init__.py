@@ -1,0 +1,42 @@
+"""Octavo's CPU backend: plain torch, bf16 where the CPU has native bf16, fp32 elsewhere."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from octavo.backend import Availability, Backend, Worker
+from octavo.config import EngineConfig
+
+__all__ = ["CpuBackend"]
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matmuls run natively (and faster than fp32)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+    priority = 0
+    supported_dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    default_block_size = 16
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(True)
+
+    def default_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+    def create_worker(self, config: EngineConfig) -> Worker:
+        from octavo_cpu.attention import TorchPagedAttention
+        from octavo_cpu.worker import CpuWorker
+
+        return CpuWorker(config, self, torch.device("cpu"), TorchPagedAttention())

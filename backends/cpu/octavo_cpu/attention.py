@@ -1,0 +1,137 @@
+"""Paged attention in plain torch for varlen batches that mix prefill chunks and decodes.
+
+Cache layout: [2 (K, V), num_blocks, block_size, kv_heads, head_dim]. Decodes are batched:
+their blocks are gathered block-wise (not token-wise) and padded positions masked. Each
+prefill chunk attends alone; a chunk with no earlier context skips the gather entirely.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from octavo.backend import AttentionBackend, AttentionSpec, BatchLayout
+
+
+@dataclass(slots=True)
+class DecodeBatch:
+    token_index: torch.Tensor  # [Bd] rows of the flat batch
+    block_table: torch.Tensor  # [Bd, nb] long
+    seq_lens: torch.Tensor  # [Bd]
+
+
+@dataclass(slots=True)
+class PrefillChunk:
+    start: int  # token offset in the flat batch
+    end: int
+    block_ids: torch.Tensor | None  # None: no earlier context, attend to the chunk alone
+    seq_len: int
+
+
+@dataclass(slots=True)
+class CpuAttentionMetadata:
+    slot_mapping: torch.Tensor
+    decode: DecodeBatch | None
+    prefills: list[PrefillChunk]
+    masks: dict = field(default_factory=dict)  # (kind, index, window) -> bool mask, per step
+
+
+class TorchPagedAttention(AttentionBackend):
+    def kv_cache_shape(self, num_blocks, block_size, num_kv_heads, head_dim):
+        return (2, num_blocks, block_size, num_kv_heads, head_dim)
+
+    def build_metadata(self, layout: BatchLayout, device: torch.device) -> CpuAttentionMetadata:
+        starts = layout.query_start_loc.tolist()
+        seq_lens = layout.seq_lens.tolist()
+        decode_rows, prefills = [], []
+        bs = layout.block_size
+        for i, seq_len in enumerate(seq_lens):
+            query_len = starts[i + 1] - starts[i]
+            if query_len == 1:
+                decode_rows.append(i)
+                continue
+            nb = -(-seq_len // bs)
+            block_ids = layout.block_tables[i, :nb].long() if seq_len > query_len else None
+            prefills.append(PrefillChunk(starts[i], starts[i + 1], block_ids, seq_len))
+        decode = None
+        if decode_rows:
+            rows = torch.tensor(decode_rows)
+            dec_lens = layout.seq_lens[rows]
+            nb = -(-int(dec_lens.max()) // bs)
+            decode = DecodeBatch(layout.query_start_loc[rows].long().to(device),
+                                 layout.block_tables[rows, :nb].long().to(device), dec_lens.to(device))
+        return CpuAttentionMetadata(layout.slot_mapping.to(device), decode, prefills)
+
+    def forward(self, spec: AttentionSpec, q, k, v, kv_cache, md: CpuAttentionMetadata):
+        k_cache, v_cache = kv_cache[0], kv_cache[1]
+        flat_shape = (-1, spec.num_kv_heads, spec.head_dim)
+        k_cache.view(flat_shape).index_copy_(0, md.slot_mapping, k)
+        v_cache.view(flat_shape).index_copy_(0, md.slot_mapping, v)
+        out = torch.empty_like(q)
+        if md.decode is not None:
+            out[md.decode.token_index] = self._decode(spec, q[md.decode.token_index], k_cache, v_cache, md)
+        for n, chunk in enumerate(md.prefills):
+            out[chunk.start:chunk.end] = self._prefill(spec, n, chunk, q, k, v, k_cache, v_cache, md)
+        return out
+
+    def _decode(self, spec, q, k_cache, v_cache, md):
+        dec = md.decode
+        num, nb = dec.block_table.shape
+        keys = _gather(k_cache, dec.block_table, num)  # [Bd, Hkv, L, D]
+        values = _gather(v_cache, dec.block_table, num)
+        key = ("decode", 0, spec.sliding_window)
+        mask = md.masks.get(key)
+        if mask is None:
+            pos = torch.arange(keys.shape[2], device=q.device)
+            lens = dec.seq_lens.unsqueeze(1)
+            mask = pos < lens
+            if spec.sliding_window is not None:
+                mask &= pos >= lens - spec.sliding_window
+            mask = md.masks[key] = mask[:, None, None, :]
+        return _attend(spec, q.unsqueeze(2), keys, values, mask).squeeze(2)
+
+    def _prefill(self, spec, n, chunk, q, k, v, k_cache, v_cache, md):
+        query = q[chunk.start:chunk.end].transpose(0, 1).unsqueeze(0)  # [1, H, Lq, D]
+        if chunk.block_ids is None:
+            keys = k[chunk.start:chunk.end].transpose(0, 1).unsqueeze(0)
+            values = v[chunk.start:chunk.end].transpose(0, 1).unsqueeze(0)
+            if spec.sliding_window is None or spec.sliding_window >= chunk.seq_len:
+                return _attend(spec, query, keys, values, None).squeeze(0).transpose(0, 1)
+        else:
+            keys = _gather(k_cache, chunk.block_ids.unsqueeze(0), 1)[:, :, :chunk.seq_len]
+            values = _gather(v_cache, chunk.block_ids.unsqueeze(0), 1)[:, :, :chunk.seq_len]
+        key = ("prefill", n, spec.sliding_window)
+        mask = md.masks.get(key)
+        if mask is None:
+            query_len = chunk.end - chunk.start
+            q_pos = torch.arange(chunk.seq_len - query_len, chunk.seq_len, device=q.device).unsqueeze(1)
+            k_pos = torch.arange(chunk.seq_len, device=q.device).unsqueeze(0)
+            mask = k_pos <= q_pos
+            if spec.sliding_window is not None:
+                mask &= k_pos > q_pos - spec.sliding_window
+            mask = md.masks[key] = mask[None, None]
+        return _attend(spec, query, keys, values, mask).squeeze(0).transpose(0, 1)
+
+
+def _gather(cache: torch.Tensor, block_table: torch.Tensor, num: int) -> torch.Tensor:
+    """[num_blocks, bs, Hkv, D] x [B, nb] -> [B, Hkv, nb * bs, D], copying whole blocks."""
+    blocks = cache.index_select(0, block_table.flatten())
+    _, bs, heads, dim = blocks.shape
+    return blocks.view(num, -1, heads, dim).transpose(1, 2)
+
+
+def _attend(spec: AttentionSpec, q, k, v, mask):
+    """q [B, H, Lq, D], k/v [B, Hkv, L, D], mask bool broadcastable to [B, H, Lq, L] or None (causal)."""
+    if spec.logit_softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                              scale=spec.scale, enable_gqa=True)
+    groups = spec.num_heads // spec.num_kv_heads
+    k = k.repeat_interleave(groups, dim=1)
+    v = v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * spec.scale
+    scores = torch.tanh(scores / spec.logit_softcap) * spec.logit_softcap
+    if mask is None:
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)

@@ -1,0 +1,24 @@
+"""CPU worker: the core's torch worker, with KV memory from `kv_cache_memory` and a thread count."""
+from __future__ import annotations
+
+import torch
+
+from octavo.config import ConfigError
+from octavo.worker import TorchWorker
+
+DEFAULT_KV_CACHE_MEMORY = 4 << 30  # bytes, as vLLM's VLLM_CPU_KVCACHE_SPACE default
+
+
+class CpuWorker(TorchWorker):
+    def load_model(self):
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+        return super().load_model()
+
+    def num_kv_blocks(self, block_size: int) -> int:
+        memory = self.config.kv_cache_memory or DEFAULT_KV_CACHE_MEMORY
+        blocks = memory // self.kv_bytes_per_block(block_size)
+        if blocks < 1:
+            raise ConfigError(f"kv_cache_memory {memory} bytes holds no block of {block_size} tokens "
+                              f"({self.kv_bytes_per_block(block_size)} bytes each)")
+        return int(blocks)

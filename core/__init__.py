@@ -1,0 +1,14 @@
+"""Octavo: a device-neutral LLM inference engine."""
+from octavo.sampling_params import RequestOutputKind, SamplingParams
+
+__version__ = "0.1.0"
+__all__ = ["LLM", "SamplingParams", "RequestOutputKind", "__version__"]
+
+
+def __getattr__(name: str):
+    # LLM pulls in the engine and models; keep `import octavo` light for the CLI and backends.
+    if name == "LLM":
+        from octavo.entrypoints.llm import LLM
+
+        return LLM
+    raise AttributeError(name)

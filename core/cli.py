@@ -1,0 +1,70 @@
+"""`octavo devices | generate | serve`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from octavo.config import ConfigError
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from octavo.devices import list_devices
+
+    for info in list_devices():
+        state = "usable" if info.availability.ok else f"unusable: {info.availability.reason}"
+        print(f"{info.name:10s} {state}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from octavo import LLM, SamplingParams
+    from octavo.engine.args import config_from_args
+
+    llm = LLM(**dataclasses.asdict(config_from_args(args)))
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                            seed=args.sampling_seed)
+    if args.chat:
+        out = llm.chat([{"role": "user", "content": args.prompt}], params)[0]
+    else:
+        out = llm.generate(args.prompt, params)[0]
+    print(out.outputs[0].text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from octavo.engine.args import add_engine_args
+
+    parser = argparse.ArgumentParser(prog="octavo", description="Octavo LLM inference engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("devices", help="list backends and whether each can run here").set_defaults(fn=cmd_devices)
+
+    gen = sub.add_parser("generate", help="generate text for one prompt")
+    gen.add_argument("prompt")
+    gen.add_argument("--model", default=None, help="HF directory or .gguf (default: embedded SmolLM2-135M)")
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--sampling-seed", type=int, default=None)
+    gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
+                     help="wrap the prompt in the model's chat template")
+    add_engine_args(gen)
+    gen.set_defaults(fn=cmd_generate)
+
+    try:
+        from octavo.server.cli import add_serve_parser
+    except ImportError:
+        add_serve_parser = None
+    if add_serve_parser is not None:
+        add_serve_parser(sub)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"octavo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Engine configuration: what the user asked for, then what the model and backend settled."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message says which and why."""
+
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {name!r}; choose one of {sorted(set(DTYPES))} or 'auto'") from None
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Every knob of the engine. `None` means: let the model or the backend decide."""
+
+    model: str | None = None
+    tokenizer: str | None = None
+    device: str = "auto"
+    dtype: str | torch.dtype = "auto"
+    max_model_len: int | None = None
+    seed: int = 0
+    # Scheduling.
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int | None = None
+    enable_chunked_prefill: bool = True
+    # KV cache.
+    block_size: int | None = None
+    enable_prefix_caching: bool = True
+    kv_cache_memory: int | None = None  # bytes; the backend picks a default
+    num_kv_blocks: int | None = None  # overrides memory sizing (tests, tuning)
+    kv_cache_dtype: str = "auto"
+    # Device.
+    num_threads: int | None = None
+    max_logprobs: int = 20
+    extra: dict[str, Any] = field(default_factory=dict)  # backend-specific settings
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    """Shapes and limits of the loaded model, device-neutral."""
+
+    architecture: str
+    hf_config: Any
+    dtype: torch.dtype
+    max_model_len: int
+    vocab_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+    def kv_bytes_per_block(self, block_size: int, kv_dtype: torch.dtype) -> int:
+        """Bytes one KV block takes over all layers (K and V)."""
+        elem = torch.empty((), dtype=kv_dtype).element_size()
+        return 2 * self.num_layers * block_size * self.num_kv_heads * self.head_dim * elem

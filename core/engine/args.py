@@ -1,0 +1,46 @@
+"""Engine flags shared by every command (`generate`, `serve`, `bench`), named as in vLLM."""
+from __future__ import annotations
+
+import argparse
+
+from octavo.config import EngineConfig
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("engine")
+    g.add_argument("--device", default="auto",
+                   help="auto|cpu|openvino|cuda|rocm|tpu|xpu|neuron or an installed third-party backend")
+    g.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    g.add_argument("--tokenizer", default=None)
+    g.add_argument("--max-model-len", type=int, default=None)
+    g.add_argument("--max-num-seqs", type=int, default=128)
+    g.add_argument("--max-num-batched-tokens", type=int, default=None)
+    g.add_argument("--block-size", type=int, default=None)
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--kv-cache-memory", type=float, default=None, metavar="GIB",
+                   help="KV cache size in GiB (CPU; as vLLM's VLLM_CPU_KVCACHE_SPACE)")
+    g.add_argument("--num-kv-blocks", type=int, default=None, help="exact KV block count (overrides memory)")
+    g.add_argument("--num-threads", type=int, default=None, help="CPU threads for compute")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-logprobs", type=int, default=20)
+
+
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        model=args.model,
+        tokenizer=args.tokenizer,
+        device=args.device,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        seed=args.seed,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        enable_chunked_prefill=args.enable_chunked_prefill,
+        block_size=args.block_size,
+        enable_prefix_caching=args.enable_prefix_caching,
+        kv_cache_memory=None if args.kv_cache_memory is None else int(args.kv_cache_memory * (1 << 30)),
+        num_kv_blocks=args.num_kv_blocks,
+        num_threads=args.num_threads,
+        max_logprobs=args.max_logprobs,
+    )

@@ -1,0 +1,126 @@
+"""The async engine the server builds on: the step loop runs in its own thread.
+
+Requests are validated in the caller's thread (errors surface at once), then handed to the
+loop through a queue; outputs flow back into one asyncio queue per request. A request whose
+consumer goes away (client disconnect, cancellation) is aborted and its blocks freed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+
+from octavo.config import EngineConfig
+from octavo.engine.llm_engine import InputError, LLMEngine, Prompt
+from octavo.outputs import RequestOutput
+from octavo.sampling_params import SamplingParams
+
+logger = logging.getLogger("octavo")
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+class AsyncLLM:
+    def __init__(self, config: EngineConfig):
+        self.engine = LLMEngine(config)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="octavo-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def model_config(self):
+        return self.engine.model_config
+
+    async def generate(self, prompt: Prompt, params: SamplingParams,
+                       request_id: str) -> AsyncIterator[RequestOutput]:
+        if self._stopped:
+            raise EngineDeadError("the engine has stopped")
+        if request_id in self._streams:
+            raise InputError(f"request id {request_id!r} is already running", "request_id")
+        parent = self.engine.make_request(request_id, prompt, params)
+        stream: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = (asyncio.get_running_loop(), stream)
+        self._send("add", parent)
+        finished = False
+        try:
+            while not finished:
+                item = await stream.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self._send("abort", request_id)
+
+    def abort(self, request_id: str) -> None:
+        self._send("abort", request_id)
+
+    def shutdown(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self.engine.shutdown()
+
+    # ------------------------------------------------------------------ engine thread
+
+    def _send(self, kind: str, payload) -> None:
+        self._inbox.put((kind, payload))
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._drain_inbox()
+            if not self.engine.has_unfinished_requests():
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # fail the requests in flight, keep serving the rest
+                logger.exception("engine step failed")
+                self._fail_all(exc)
+                continue
+            for out in outputs:
+                self._deliver(out.request_id, out)
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                kind, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                try:
+                    self.engine.add(payload)
+                except Exception as exc:
+                    self._deliver(payload.request_id, exc)
+            else:
+                self.engine.abort_request(payload)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for rid in list(self._streams):
+            self.engine.abort_request(rid)
+            self._deliver(rid, exc)
+
+    def _deliver(self, request_id: str, item) -> None:
+        target = self._streams.get(request_id)
+        if target is None:
+            return
+        loop, stream = target
+        try:
+            loop.call_soon_threadsafe(stream.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is closed
+            pass

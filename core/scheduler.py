@@ -1,0 +1,164 @@
+"""Continuous batching with one mechanism, as in vLLM v1.
+
+Every request carries `num_computed_tokens`; each step hands tokens to requests until the
+token budget is spent. A decode is a request one token behind, a prefill one many tokens
+behind, a chunked prefill one that gets only part of its backlog; a prefix-cache hit starts
+a request ahead, and a preemption sends it back to zero (recompute). Running requests are
+served first, in arrival order; when blocks run out the newest running request is preempted.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from octavo.backend import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from octavo.kv_cache import KVCacheManager
+from octavo.request import Request, RequestStatus
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_usage: float = 0.0
+    num_preemptions: int = 0  # total so far
+    prefix_queries: int = 0
+    prefix_hits: int = 0
+
+
+class Scheduler:
+    def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 enable_chunked_prefill: bool = True):
+        self.kv = kv
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.enable_chunked_prefill = enable_chunked_prefill
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self.finished_ids: set[str] = set()  # to tell the worker, next step
+        self.num_preemptions = 0
+
+    # ------------------------------------------------------------------ queue
+
+    def add_request(self, request: Request) -> None:
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def finish_requests(self, request_ids, status: RequestStatus) -> list[Request]:
+        """End requests from outside (abort, stop string); unknown ids are ignored."""
+        done = []
+        for rid in request_ids:
+            request = self.requests.get(rid)
+            if request is None or request.status.finished:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.waiting.remove(request)
+            request.status = status
+            self._free(request)
+            done.append(request)
+        return done
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(len(self.running), len(self.waiting), self.kv.usage,
+                              self.num_preemptions, self.kv.prefix_queries, self.kv.prefix_hits)
+
+    # ------------------------------------------------------------------ schedule
+
+    def schedule(self) -> SchedulerOutput:
+        budget = self.max_num_batched_tokens
+        scheduled: list[tuple[Request, int]] = []
+        preempted = False
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            while not self.kv.allocate_slots(request, num_new):
+                victim = self.running.pop()
+                self._preempt(victim)
+                preempted = True
+                if victim is request:
+                    break
+            else:
+                scheduled.append((request, num_new))
+                budget -= num_new
+                i += 1
+
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not preempted:
+            request = self.waiting[0]
+            hits = self.kv.get_computed_blocks(request)
+            num_computed = len(hits) * self.kv.block_size
+            num_new = request.num_tokens - num_computed
+            if num_new > budget and not self.enable_chunked_prefill:
+                break
+            num_new = min(num_new, budget)
+            if not self.kv.allocate_slots(request, num_new, hits):
+                break
+            self.waiting.popleft()
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = num_computed
+            request.num_computed_tokens = num_computed
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            scheduled.append((request, num_new))
+            budget -= num_new
+
+        out = SchedulerOutput(
+            requests=[self._describe(r, n) for r, n in scheduled],
+            num_batched_tokens=self.max_num_batched_tokens - budget,
+            block_size=self.kv.block_size,
+            finished_request_ids=self.finished_ids,
+        )
+        self.finished_ids = set()
+        return out
+
+    def _describe(self, request: Request, num_new: int) -> ScheduledRequest:
+        return ScheduledRequest(
+            request_id=request.request_id,
+            token_ids=request.token_ids,
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_computed_tokens=request.num_computed_tokens,
+            num_new_tokens=num_new,
+            block_ids=self.kv.block_ids(request.request_id),
+            sampling_params=request.sampling_params,
+            eos_token_id=request.eos_token_id,
+            samples=request.num_computed_tokens + num_new == request.num_tokens,
+        )
+
+    def _preempt(self, request: Request) -> None:
+        self.kv.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    # ------------------------------------------------------------------ update
+
+    def update(self, batch: SchedulerOutput, result: ModelRunnerOutput) -> list[tuple[Request, int]]:
+        """Advance the scheduled requests; returns (request, new token) for those that sampled."""
+        sampled = []
+        for scheduled, token_id in zip(batch.requests, result.sampled_token_ids):
+            request = self.requests.get(scheduled.request_id)
+            if request is None or request.status != RequestStatus.RUNNING:
+                continue  # aborted while the step ran
+            request.num_computed_tokens += scheduled.num_new_tokens
+            if token_id < 0:
+                continue
+            request.append_token(token_id)
+            sampled.append((request, token_id))
+            if request.check_stop(token_id):
+                self.running.remove(request)
+                self._free(request)
+        return sampled
+
+    def _free(self, request: Request) -> None:
+        self.kv.free(request)
+        del self.requests[request.request_id]
+        self.finished_ids.add(request.request_id)

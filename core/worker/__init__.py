@@ -1,0 +1,3 @@
+from octavo.worker.torch_worker import TorchWorker
+
+__all__ = ["TorchWorker"]
