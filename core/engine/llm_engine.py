@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from octavo.backend import Backend
 from octavo.config import ConfigError, EngineConfig, ModelConfig
 from octavo.devices import select_backend
 from octavo.engine.output_processor import OutputProcessor, ParentState, SequenceState
@@ -41,10 +42,11 @@ class StepStats:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, backend: Backend | None = None):
+        """`backend` bypasses device selection (conformance tests of a backend under emulation)."""
         check_config(config)
         self.config = config
-        self.backend = select_backend(config.device)
+        self.backend = backend or select_backend(config.device)
         self.backend.check_and_update_config(config)
         self.worker = self.backend.create_worker(config)
         self.model_config: ModelConfig = self.worker.load_model()

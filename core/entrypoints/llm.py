@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
+from octavo.backend import Backend
 from octavo.config import EngineConfig
 from octavo.engine.llm_engine import LLMEngine, Prompt
 from octavo.outputs import RequestOutput
@@ -14,8 +15,8 @@ from octavo.sampling_params import RequestOutputKind, SamplingParams
 
 
 class LLM:
-    def __init__(self, model: str | None = None, **engine_args):
-        self.engine = LLMEngine(EngineConfig(model=model, **engine_args))
+    def __init__(self, model: str | None = None, *, backend: Backend | None = None, **engine_args):
+        self.engine = LLMEngine(EngineConfig(model=model, **engine_args), backend)
         self._ids = itertools.count()
 
     def get_tokenizer(self):

@@ -16,9 +16,13 @@ class CpuWorker(TorchWorker):
         return super().load_model()
 
     def num_kv_blocks(self, block_size: int) -> int:
-        memory = self.config.kv_cache_memory or DEFAULT_KV_CACHE_MEMORY
-        blocks = memory // self.kv_bytes_per_block(block_size)
+        per_block = self.kv_bytes_per_block(block_size)
+        memory = self.config.kv_cache_memory
+        if memory is None:  # no more than every sequence at full length could use
+            full = self.config.max_num_seqs * -(-self.model_config.max_model_len // block_size) * per_block
+            memory = min(DEFAULT_KV_CACHE_MEMORY, full)
+        blocks = memory // per_block
         if blocks < 1:
             raise ConfigError(f"kv_cache_memory {memory} bytes holds no block of {block_size} tokens "
-                              f"({self.kv_bytes_per_block(block_size)} bytes each)")
+                              f"({per_block} bytes each)")
         return int(blocks)

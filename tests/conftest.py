@@ -1,0 +1,26 @@
+import pytest
+
+from octavo.testing.tiny_models import make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """tiny_model(family, **config) -> path, built once per session per variant."""
+    built: dict[tuple, str] = {}
+
+    def get(family: str = "llama", **overrides) -> str:
+        key = (family, tuple(sorted(overrides.items())))
+        if key not in built:
+            path = tmp_path_factory.mktemp(f"tiny-{family}")
+            built[key] = make_tiny_model(family, str(path), **overrides)
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def llama_llm(tiny_model):
+    """A shared fp32 engine over the tiny Llama, for tests that only add requests."""
+    from octavo import LLM
+
+    return LLM(tiny_model("llama"), dtype="float32", num_kv_blocks=256)

@@ -1,0 +1,25 @@
+"""Greedy tokens identical to HF transformers for every family and scheduling path."""
+import pytest
+
+from octavo import LLM
+from octavo.testing import conformance
+from octavo.testing.tiny_models import FAMILIES
+
+
+def make_cpu_llm(path, **kwargs):
+    return LLM(path, device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize("scenario", list(conformance.SCENARIOS))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_matches_hf(tiny_model, family, scenario):
+    conformance.check_greedy_matches_hf(make_cpu_llm, tiny_model(family), scenario)
+
+
+def test_tied_embeddings_match_hf(tiny_model):
+    conformance.check_greedy_matches_hf(make_cpu_llm, tiny_model("llama", tie_word_embeddings=True), "default")
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_logprobs_match_hf(tiny_model, family):
+    conformance.check_logprobs_match_hf(make_cpu_llm, tiny_model(family))
