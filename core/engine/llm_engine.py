@@ -107,7 +107,7 @@ class LLMEngine:
         return IncrementalDetokenizer(
             self.tokenizer, prompt_ids, skip_special_tokens=params.skip_special_tokens,
             spaces_between_special_tokens=params.spaces_between_special_tokens, stop=params.stop,
-            include_stop_str_in_output=params.include_stop_str_in_output,
+            include_stop_str_in_output=params.include_stop_str_in_output, min_tokens=params.min_tokens,
             stream_holdback=params.output_kind == RequestOutputKind.DELTA)
 
     def add(self, parent: ParentState) -> None:

@@ -94,11 +94,9 @@ class OutputProcessor:
                 seq.cumulative_logprob = (seq.cumulative_logprob or 0.0) + lps.logprobs[0][0]
                 if seq.logprobs is not None:
                     seq.logprobs.extend(self._to_positions(lps))
-            stop_str = None
             # A stop token's text is left out unless include_stop_str_in_output (as vLLM).
-            stopped_on_token = request.status == RequestStatus.FINISHED_STOPPED
-            if not stopped_on_token or parent.params.include_stop_str_in_output:
-                stop_str = seq.detokenizer.update([token_id])
+            stop_str = seq.detokenizer.update(
+                [token_id], stop_terminated=request.status == RequestStatus.FINISHED_STOPPED)
             if stop_str is not None:
                 seq.finish_reason, seq.stop_reason = "stop", stop_str
                 stopped.append(request.request_id)

