@@ -7,12 +7,12 @@ from torch import nn
 
 from octavo.backend import AttentionSpec
 from octavo.models.layers import (Attention, ForwardContext, GatedMLP, GemmaRMSNorm, MergedLinear,
-                                  RotaryEmbedding, rope_inv_freq)
+                                  Rope, RotaryEmbedding, apply_rope, rope_inv_freq)
 from octavo.models.llama import head_dim_of, sliding_window_of
 
 
 class Gemma3Attention(nn.Module):
-    def __init__(self, config, layer: int, rotary: RotaryEmbedding):
+    def __init__(self, config, layer: int):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -23,35 +23,35 @@ class Gemma3Attention(nn.Module):
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.attention_bias)
         self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
-        self.rotary = rotary
         self.attn = Attention(AttentionSpec(self.num_heads, self.num_kv_heads, self.head_dim,
                                             scale=config.query_pre_attn_scalar ** -0.5,
                                             sliding_window=sliding_window_of(config, layer),
                                             logit_softcap=config.attn_logit_softcapping))
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    def forward(self, rope: Rope, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
         q = self.q_norm(q.view(-1, self.num_heads, self.head_dim))
         k = self.k_norm(k.view(-1, self.num_kv_heads, self.head_dim))
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
+        q, k = apply_rope(rope, q, k)
         out = self.attn(q, k, v, ctx)
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
 
 
 class Gemma3DecoderLayer(nn.Module):
-    def __init__(self, config, layer: int, rotary: RotaryEmbedding):
+    def __init__(self, config, layer: int):
         super().__init__()
         eps = config.rms_norm_eps
-        self.self_attn = Gemma3Attention(config, layer, rotary)
+        self.layer_type = config.layer_types[layer]
+        self.self_attn = Gemma3Attention(config, layer)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_activation)
         self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps)
         self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps)
         self.pre_feedforward_layernorm = GemmaRMSNorm(config.hidden_size, eps)
         self.post_feedforward_layernorm = GemmaRMSNorm(config.hidden_size, eps)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = x + self.post_attention_layernorm(self.self_attn(positions, self.input_layernorm(x), ctx))
+    def forward(self, rope: Rope, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        x = x + self.post_attention_layernorm(self.self_attn(rope, self.input_layernorm(x), ctx))
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
@@ -59,20 +59,20 @@ class Gemma3Model(nn.Module):
     def __init__(self, config, max_positions: int):
         super().__init__()
         head_dim = head_dim_of(config)
-        rotary = {kind: RotaryEmbedding(*rope_inv_freq(config, head_dim, kind), max_positions)
-                  for kind in sorted(set(config.layer_types))}
-        self.rotary = nn.ModuleDict(rotary)
+        self.rotary = nn.ModuleDict({kind: RotaryEmbedding(*rope_inv_freq(config, head_dim, kind), max_positions)
+                                     for kind in sorted(set(config.layer_types))})
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embed_scale = config.hidden_size ** 0.5
-        self.layers = nn.ModuleList(Gemma3DecoderLayer(config, i, rotary[config.layer_types[i]])
+        self.layers = nn.ModuleList(Gemma3DecoderLayer(config, i)
                                     for i in range(config.num_hidden_layers))
         self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext):
         x = self.embed_tokens(input_ids)
         x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
+        ropes = {kind: rotary(positions, x.dtype) for kind, rotary in self.rotary.items()}
         for layer in self.layers:
-            x = layer(positions, x, ctx)
+            x = layer(ropes[layer.layer_type], x, ctx)
         return self.norm(x)
 
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from octavo.backend import AttentionSpec
-from octavo.models.layers import (Attention, ForwardContext, GatedMLP, MergedLinear, RMSNorm,
-                                  RotaryEmbedding, rope_inv_freq)
+from octavo.models.layers import (Attention, ForwardContext, GatedMLP, MergedLinear, RMSNorm, Rope,
+                                  RotaryEmbedding, apply_rope, rope_inv_freq)
 
 
 def head_dim_of(config) -> int:
@@ -25,7 +25,7 @@ def sliding_window_of(config, layer: int) -> int | None:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config, layer: int, rotary: RotaryEmbedding, qk_norm: bool):
+    def __init__(self, config, layer: int, qk_norm: bool):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -35,35 +35,34 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], bias=bias)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=getattr(config, "attention_bias", False))
         self.split = [q_size, kv_size, kv_size]
-        self.rotary = rotary
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         self.attn = Attention(AttentionSpec(self.num_heads, self.num_kv_heads, self.head_dim,
                                             scale=self.head_dim ** -0.5,
                                             sliding_window=sliding_window_of(config, layer)))
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    def forward(self, rope: Rope, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+        q, k = apply_rope(rope, q, k)
         out = self.attn(q, k, v, ctx)
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, layer: int, rotary: RotaryEmbedding, qk_norm: bool):
+    def __init__(self, config, layer: int, qk_norm: bool):
         super().__init__()
-        self.self_attn = LlamaAttention(config, layer, rotary, qk_norm)
+        self.self_attn = LlamaAttention(config, layer, qk_norm)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = x + self.self_attn(positions, self.input_layernorm(x), ctx)
+    def forward(self, rope: Rope, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        x = x + self.self_attn(rope, self.input_layernorm(x), ctx)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -72,16 +71,17 @@ class LlamaModel(nn.Module):
         super().__init__()
         qk_norm = config.model_type == "qwen3"
         inv_freq, scaling = rope_inv_freq(config, head_dim_of(config))
-        rotary = RotaryEmbedding(inv_freq, scaling, max_positions)
+        self.rotary = RotaryEmbedding(inv_freq, scaling, max_positions)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, rotary, qk_norm)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, qk_norm)
                                     for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext):
         x = self.embed_tokens(input_ids)
+        rope = self.rotary(positions, x.dtype)
         for layer in self.layers:
-            x = layer(positions, x, ctx)
+            x = layer(rope, x, ctx)
         return self.norm(x)
 
 

@@ -16,7 +16,7 @@ from octavo.backend import AttentionBackend, AttentionSpec, BatchLayout
 
 @dataclass(slots=True)
 class DecodeBatch:
-    token_index: torch.Tensor  # [Bd] rows of the flat batch
+    tokens: slice | torch.Tensor  # rows of the flat batch; a slice when they lead the batch
     block_table: torch.Tensor  # [Bd, nb] long
     seq_lens: torch.Tensor  # [Bd]
 
@@ -59,8 +59,9 @@ class TorchPagedAttention(AttentionBackend):
             rows = torch.tensor(decode_rows)
             dec_lens = layout.seq_lens[rows]
             nb = -(-int(dec_lens.max()) // bs)
-            decode = DecodeBatch(layout.query_start_loc[rows].long().to(device),
-                                 layout.block_tables[rows, :nb].long().to(device), dec_lens.to(device))
+            leading = decode_rows[-1] == len(decode_rows) - 1  # then their tokens are 0..Bd-1
+            tokens = slice(0, len(decode_rows)) if leading else layout.query_start_loc[rows].long().to(device)
+            decode = DecodeBatch(tokens, layout.block_tables[rows, :nb].long().to(device), dec_lens.to(device))
         return CpuAttentionMetadata(layout.slot_mapping.to(device), decode, prefills)
 
     def forward(self, spec: AttentionSpec, q, k, v, kv_cache, md: CpuAttentionMetadata):
@@ -68,9 +69,11 @@ class TorchPagedAttention(AttentionBackend):
         flat_shape = (-1, spec.num_kv_heads, spec.head_dim)
         k_cache.view(flat_shape).index_copy_(0, md.slot_mapping, k)
         v_cache.view(flat_shape).index_copy_(0, md.slot_mapping, v)
+        if md.decode is not None and not md.prefills:
+            return self._decode(spec, q, k_cache, v_cache, md)
         out = torch.empty_like(q)
         if md.decode is not None:
-            out[md.decode.token_index] = self._decode(spec, q[md.decode.token_index], k_cache, v_cache, md)
+            out[md.decode.tokens] = self._decode(spec, q[md.decode.tokens], k_cache, v_cache, md)
         for n, chunk in enumerate(md.prefills):
             out[chunk.start:chunk.end] = self._prefill(spec, n, chunk, q, k, v, k_cache, v_cache, md)
         return out
