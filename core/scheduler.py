@@ -8,6 +8,7 @@ served first, in arrival order; when blocks run out the newest running request i
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ class SchedulerStats:
     num_preemptions: int = 0  # total so far
     prefix_queries: int = 0
     prefix_hits: int = 0
+    prompt_tokens: int = 0  # totals so far: prompt tokens computed (recomputation included)
+    generation_tokens: int = 0
 
 
 class Scheduler:
@@ -38,6 +41,8 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self.finished_ids: set[str] = set()  # to tell the worker, next step
         self.num_preemptions = 0
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
 
     # ------------------------------------------------------------------ queue
 
@@ -65,8 +70,9 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def stats(self) -> SchedulerStats:
-        return SchedulerStats(len(self.running), len(self.waiting), self.kv.usage,
-                              self.num_preemptions, self.kv.prefix_queries, self.kv.prefix_hits)
+        return SchedulerStats(len(self.running), len(self.waiting), self.kv.usage, self.num_preemptions,
+                              self.kv.prefix_queries, self.kv.prefix_hits, self.prompt_tokens,
+                              self.generation_tokens)
 
     # ------------------------------------------------------------------ schedule
 
@@ -105,6 +111,7 @@ class Scheduler:
                 request.num_cached_tokens = num_computed
             request.num_computed_tokens = num_computed
             request.status = RequestStatus.RUNNING
+            request.first_scheduled_time = request.first_scheduled_time or time.monotonic()
             self.running.append(request)
             scheduled.append((request, num_new))
             budget -= num_new
@@ -148,10 +155,13 @@ class Scheduler:
             request = self.requests.get(scheduled.request_id)
             if request is None or request.status != RequestStatus.RUNNING:
                 continue  # aborted while the step ran
-            request.num_computed_tokens += scheduled.num_new_tokens
+            done = request.num_computed_tokens + scheduled.num_new_tokens
+            self.prompt_tokens += max(0, min(done, request.num_prompt_tokens) - request.num_computed_tokens)
+            request.num_computed_tokens = done
             if token_id < 0:
                 continue
             request.append_token(token_id)
+            self.generation_tokens += 1
             sampled.append((request, token_id))
             if request.check_stop(token_id):
                 self.running.remove(request)

@@ -42,8 +42,13 @@ class AsyncLLM:
     def model_config(self):
         return self.engine.model_config
 
+    def is_alive(self) -> bool:
+        return not self._stopped and self._thread.is_alive()
+
     async def generate(self, prompt: Prompt, params: SamplingParams,
                        request_id: str) -> AsyncIterator[RequestOutput]:
+        """Validation happens before the first await: a bad request raises before any output,
+        which lets the server fail an invalid streaming request before its stream starts."""
         if self._stopped:
             raise EngineDeadError("the engine has stopped")
         if request_id in self._streams:

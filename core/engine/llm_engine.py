@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from octavo.backend import Backend
@@ -35,12 +34,6 @@ class InputError(ValueError):
         self.param = param
 
 
-@dataclass(slots=True)
-class StepStats:
-    num_prompt_tokens: int = 0  # computed this step (prefill)
-    num_generation_tokens: int = 0
-
-
 class LLMEngine:
     def __init__(self, config: EngineConfig, backend: Backend | None = None):
         """`backend` bypasses device selection (conformance tests of a backend under emulation)."""
@@ -62,7 +55,6 @@ class LLMEngine:
                                    config.enable_chunked_prefill)
         self.outputs = OutputProcessor(self.tokenizer)
         self.eos_token_id = self.tokenizer.eos_token_id
-        self.last_step = StepStats()
         self.worker.warm_up()
         logger.info("engine ready: %s on %s (%s), %d KV blocks of %d tokens", self.model_config.architecture,
                     self.backend.name, config.dtype, num_blocks, config.block_size)
@@ -149,7 +141,6 @@ class LLMEngine:
         sampled = self.scheduler.update(batch, result)
         outputs, stopped = self.outputs.process(sampled, result)
         self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
-        self.last_step = StepStats(batch.num_batched_tokens - len(sampled), len(sampled))
         return outputs
 
     def stats(self) -> SchedulerStats:

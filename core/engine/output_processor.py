@@ -24,6 +24,7 @@ class SequenceState:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     num_sent: int = 0  # tokens already streamed (DELTA)
+    finish_sent: bool = False  # DELTA: the finish reason went out once
 
 
 @dataclass(slots=True, eq=False)
@@ -39,6 +40,7 @@ class ParentState:
     prompt_logprobs_sent: bool = False
     num_cached_tokens: int = 0
     arrival_time: float = field(default_factory=time.monotonic)
+    first_scheduled_time: float | None = None
     first_token_time: float | None = None
 
     @property
@@ -87,6 +89,7 @@ class OutputProcessor:
         for request, token_id in sampled:
             parent, seq = self.seqs[request.request_id]
             parent.first_token_time = parent.first_token_time or now
+            parent.first_scheduled_time = parent.first_scheduled_time or request.first_scheduled_time
             parent.num_cached_tokens = max(request.num_cached_tokens, 0)
             seq.token_ids.append(token_id)
             lps = result.logprobs.get(request.request_id)
@@ -134,7 +137,7 @@ class OutputProcessor:
             return None
         if kind == RequestOutputKind.DELTA:
             completions = [self._delta(s) for s in parent.seqs
-                           if len(s.token_ids) > s.num_sent or s.finish_reason is not None]
+                           if len(s.token_ids) > s.num_sent or (s.finish_reason is not None and not s.finish_sent)]
         else:
             completions = [self._cumulative(s) for s in parent.seqs]
         if parent.params.num_sequences > parent.params.n:
@@ -145,7 +148,8 @@ class OutputProcessor:
             parent.prompt_logprobs_sent = True
         if finished:
             self._forget(parent)
-        metrics = {"arrival_time": parent.arrival_time, "first_token_time": parent.first_token_time}
+        metrics = {"arrival_time": parent.arrival_time, "first_scheduled_time": parent.first_scheduled_time,
+                   "first_token_time": parent.first_token_time}
         return RequestOutput(parent.request_id, parent.prompt, parent.prompt_token_ids, completions,
                              finished, prompt_logprobs, parent.num_cached_tokens, metrics)
 
@@ -159,6 +163,7 @@ class OutputProcessor:
     def _delta(self, seq: SequenceState) -> CompletionOutput:
         if seq.finish_reason is not None:
             seq.detokenizer.finish()
+            seq.finish_sent = True
         start, seq.num_sent = seq.num_sent, len(seq.token_ids)
         return CompletionOutput(seq.index, seq.detokenizer.get_next_delta(), seq.token_ids[start:],
                                 seq.cumulative_logprob, seq.logprobs[start:] if seq.logprobs is not None else None,

@@ -30,4 +30,4 @@ class SamplerOps:
             q.exponential_()
         for row, gen in generators.items():
             q[row].exponential_(generator=gen)
-        return probs.div_(q).argmax(dim=-1)
+        return probs.div_(q).max(dim=-1).indices

@@ -26,7 +26,7 @@ class Sampler:
         """logits [B, V] fp32, modified in place."""
         raw_logprobs = logits.log_softmax(dim=-1) if md.max_num_logprobs is not None else None
         logits = apply_logit_processors(logits, md)
-        sampled = logits.argmax(dim=-1) if md.all_greedy else self._sample(logits, md)
+        sampled = logits.max(dim=-1).indices if md.all_greedy else self._sample(logits, md)
         out = SamplerOutput(sampled)
         if raw_logprobs is not None:
             out.logprob_token_ids, out.logprobs, out.ranks = gather_logprobs(
@@ -34,7 +34,7 @@ class Sampler:
         return out
 
     def _sample(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
-        greedy = logits.argmax(dim=-1) if md.greedy is not None else None
+        greedy = logits.max(dim=-1).indices if md.greedy is not None else None
         logits.div_(md.temperature.unsqueeze(1))
         if md.min_p is not None:
             probs = logits.softmax(dim=-1)
