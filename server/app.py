@@ -1,0 +1,130 @@
+"""The FastAPI app: routes, API-key check, CORS, error handlers, the stats-logging task."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
+
+import octavo
+from octavo.server import protocol as P
+from octavo.server.errors import APIError, from_exception, install_error_handlers
+from octavo.server.metrics import StatsLogger
+from octavo.server.middleware import APIKeyMiddleware, JSONBodyMiddleware
+from octavo.server.serving_chat import create_chat_completion, render_prompt
+from octavo.server.serving_common import encode
+from octavo.server.serving_completion import create_completion
+from octavo.server.state import ServerSettings, ServerState
+from octavo.server.tracking import ClientDisconnected
+
+_ERRORS = {400: {"model": P.ErrorResponse}, 401: {"model": P.ErrorResponse}, 404: {"model": P.ErrorResponse}}
+
+
+async def _guarded(work):
+    """Any failure of one request becomes that request's error response (500 for bugs)."""
+    try:
+        return await work
+    except ClientDisconnected:
+        return Response(status_code=499)
+    except Exception as exc:
+        return from_exception(exc).response()
+
+
+def build_app(engine, settings: ServerSettings) -> FastAPI:
+    """An app serving `engine` (an AsyncLLM). The caller owns the engine's lifetime."""
+    disable_created_metrics()  # no `*_created` series, as vLLM
+    state = ServerState(engine, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = None
+        if settings.log_stats:
+            task = asyncio.ensure_future(StatsLogger(state.metrics, engine, settings.stats_interval).run())
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+
+    app = FastAPI(title="Octavo", version=octavo.__version__, lifespan=lifespan,
+                  description="OpenAI-compatible API over the Octavo inference engine.")
+    app.state.octavo = state
+    install_error_handlers(app)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(_: Request, __: ClientDisconnected):
+        return Response(status_code=499)
+
+    app.add_middleware(JSONBodyMiddleware)
+    if settings.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
+                       allow_credentials=settings.allow_credentials, allow_methods=settings.allowed_methods,
+                       allow_headers=settings.allowed_headers)
+
+    # ------------------------------------------------------------------ generation
+
+    @app.post("/v1/completions", response_model=P.CompletionResponse, responses=_ERRORS)
+    async def completions(request: P.CompletionRequest, raw: Request):
+        return await _guarded(create_completion(state, request, raw))
+
+    @app.post("/v1/chat/completions", response_model=P.ChatCompletionResponse, responses=_ERRORS)
+    async def chat_completions(request: P.ChatCompletionRequest, raw: Request):
+        return await _guarded(create_chat_completion(state, request, raw))
+
+    # ------------------------------------------------------------------ models, tokenizer
+
+    def model_card(name: str) -> P.ModelCard:
+        return P.ModelCard(id=name, root=settings.model_root or name, max_model_len=state.max_model_len)
+
+    @app.get("/v1/models", response_model=P.ModelList)
+    async def models():
+        return P.ModelList(data=[model_card(name) for name in settings.served_model_names])
+
+    @app.get("/v1/models/{model:path}", response_model=P.ModelCard, responses=_ERRORS)
+    async def model(model: str):
+        return model_card(state.check_model(model))
+
+    @app.post("/tokenize", response_model=P.TokenizeResponse, responses=_ERRORS)
+    async def tokenize(request: P.TokenizeChatRequest | P.TokenizeCompletionRequest):
+        async def work():
+            state.check_model(request.model)
+            if isinstance(request, P.TokenizeChatRequest):
+                _, ids = render_prompt(state, request)
+            else:
+                ids = encode(state.tokenizer, request.prompt, request.add_special_tokens)
+            strs = state.tokenizer.convert_ids_to_tokens(ids) if request.return_token_strs else None
+            return P.TokenizeResponse(count=len(ids), max_model_len=state.max_model_len, tokens=ids,
+                                      token_strs=strs)
+
+        return await _guarded(work())
+
+    @app.post("/detokenize", response_model=P.DetokenizeResponse, responses=_ERRORS)
+    async def detokenize(request: P.DetokenizeRequest):
+        state.check_model(request.model)
+        bad = next((t for t in request.tokens if not 0 <= t < state.vocab_size), None)
+        if bad is not None:
+            raise APIError(f"token ids must be in [0, {state.vocab_size}), got {bad}", param="tokens")
+        return P.DetokenizeResponse(prompt=state.tokenizer.decode(request.tokens))
+
+    # ------------------------------------------------------------------ operations
+
+    @app.get("/health")
+    async def health():
+        if not state.engine_alive():
+            return JSONResponse({"error": {"message": "the engine has stopped", "type": "server_error",
+                                           "param": None, "code": None}}, status_code=503)
+        return Response(status_code=200)
+
+    @app.get("/version", response_model=P.VersionResponse)
+    async def version():
+        return P.VersionResponse(version=octavo.__version__)
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,200 @@
+"""`octavo serve [MODEL]` (flags named as `vllm serve`) and `octavo bench serve`.
+
+Settings come from the command line, then a `--config FILE.yaml` (keys are the flag names,
+with `-` or `_`), then the defaults: every flag's default is kept aside and the parser itself
+has none, so "given on the command line" is told apart from "left at its default".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+from octavo.config import ConfigError
+
+API_KEY_ENV = "OCTAVO_API_KEY"
+LOG_FORMAT = "%(levelname)s %(asctime)s %(name)s: %(message)s"
+
+
+def _json_list(value: str) -> list[str]:
+    try:
+        out = json.loads(value)
+    except json.JSONDecodeError:
+        out = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(out, str):
+        out = [out]
+    if not isinstance(out, list):
+        raise argparse.ArgumentTypeError(f"expected a JSON list, got {value!r}")
+    return [str(v) for v in out]
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> None:
+    from octavo.engine.args import add_engine_args
+
+    parser.add_argument("model", nargs="?", default=None,
+                        help="HF model directory or .gguf file (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", dest="model_flag", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--config", default=None, metavar="FILE.yaml",
+                        help="YAML file of flag values (command line > config file > defaults)")
+    g = parser.add_argument_group("server")
+    g.add_argument("--host", default=None, help="interface to bind (default: all)")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--served-model-name", nargs="+", default=None,
+                   help="names the model is served under (the first one is reported); default: the model path")
+    g.add_argument("--chat-template", default=None, help="chat template file or inline Jinja template")
+    g.add_argument("--response-role", default="assistant", help="role of chat responses with a generation prompt")
+    g.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on /v1 routes (or set {API_KEY_ENV})")
+    g.add_argument("--allowed-origins", type=_json_list, default=["*"], help="CORS origins (JSON list)")
+    g.add_argument("--allowed-methods", type=_json_list, default=["*"], help="CORS methods (JSON list)")
+    g.add_argument("--allowed-headers", type=_json_list, default=["*"], help="CORS headers (JSON list)")
+    g.add_argument("--allow-credentials", action="store_true", default=False, help="CORS: allow credentials")
+    g.add_argument("--disable-log-requests", action="store_true", default=False,
+                   help="no log line per request")
+    g.add_argument("--disable-log-stats", action="store_true", default=False, help="no periodic stats line")
+    g.add_argument("--uvicorn-log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug", "trace"])
+    g.add_argument("--disable-uvicorn-access-log", action="store_true", default=False)
+    add_engine_args(parser)
+
+
+class _ConfigFileParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def _suppress_defaults(parser: argparse.ArgumentParser) -> dict:
+    defaults = {}
+    for action in parser._actions:
+        if action.dest in (argparse.SUPPRESS, "help"):
+            continue
+        defaults[action.dest] = action.default
+        action.default = argparse.SUPPRESS
+    return defaults
+
+
+def _yaml_argv(values: dict) -> list[str]:
+    argv: list[str] = []
+    model = values.pop("model", None)
+    for key, value in values.items():
+        flag = "--" + str(key).replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            if key in ("allowed_origins", "allowed-origins", "allowed_methods", "allowed-methods",
+                       "allowed_headers", "allowed-headers"):
+                argv += [flag, json.dumps(value)]
+            else:
+                argv += [flag, *map(str, value)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    if model is not None:
+        argv.append(str(model))
+    return argv
+
+
+def load_config_file(path: str) -> argparse.Namespace:
+    """The flags a YAML file sets, parsed and checked like command-line flags."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of flag names to values")
+    if "config" in values:
+        raise ConfigError(f"config file {path} may not name another config file")
+    parser = _ConfigFileParser(prog=f"octavo serve --config {path}", add_help=False)
+    add_server_args(parser)
+    _suppress_defaults(parser)
+    # '--no-x' for store_true flags set to false in the file: such flags are simply left out.
+    argv = [a for a in _yaml_argv(dict(values)) if not (a.startswith("--no-") and _is_store_true(parser, a))]
+    try:
+        return parser.parse_args(argv)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def _is_store_true(parser: argparse.ArgumentParser, flag: str) -> bool:
+    positive = "--" + flag[len("--no-"):]
+    return any(positive in a.option_strings and isinstance(a, argparse._StoreTrueAction) for a in parser._actions)
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """defaults < config file < command line."""
+    merged = dict(getattr(args, "_serve_defaults", {}))
+    config = getattr(args, "config", None)
+    if config:
+        merged.update(vars(load_config_file(config)))
+    merged.update({k: v for k, v in vars(args).items() if k != "_serve_defaults"})
+    if merged.get("model") is None and merged.get("model_flag") is not None:
+        merged["model"] = merged["model_flag"]
+    return argparse.Namespace(**merged)
+
+
+def build_settings(args: argparse.Namespace):
+    from octavo.server.chat_template import load_chat_template
+    from octavo.server.state import ServerSettings, default_model_name
+
+    try:
+        template = load_chat_template(args.chat_template)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    return ServerSettings(
+        served_model_names=args.served_model_name or [default_model_name(args.model)],
+        model_root=args.model or "SmolLM2-135M-Instruct (embedded)",
+        response_role=args.response_role,
+        chat_template=template,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        allowed_origins=args.allowed_origins,
+        allowed_methods=args.allowed_methods,
+        allowed_headers=args.allowed_headers,
+        allow_credentials=args.allow_credentials,
+        log_requests=not args.disable_log_requests,
+        log_stats=not args.disable_log_stats,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from octavo.engine.args import config_from_args
+    from octavo.engine.async_engine import AsyncLLM
+    from octavo.server.app import build_app
+
+    args = resolve_args(args)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    settings = build_settings(args)
+    engine = AsyncLLM(config_from_args(args))
+    try:
+        app = build_app(engine, settings)
+        logging.getLogger("octavo.server").info(
+            "serving %s on http://%s:%d (max_model_len %d)", ", ".join(settings.served_model_names),
+            args.host or "0.0.0.0", args.port, engine.model_config.max_model_len)
+        uvicorn.run(app, host=args.host or "0.0.0.0", port=args.port, log_level=args.uvicorn_log_level,
+                    access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=5)
+    finally:
+        engine.shutdown()
+    return 0
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `serve` (and `bench serve`) on the `octavo` command's subparsers."""
+    parser = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server",
+                                   description="Serve a model over the OpenAI API (flags as `vllm serve`).")
+    add_server_args(parser)
+    parser.set_defaults(fn=run_serve, _serve_defaults=_suppress_defaults(parser))
+    from octavo.server.bench_serve import add_bench_serve_parser
+
+    bench = subparsers.choices.get("bench")
+    if bench is None:
+        bench = subparsers.add_parser("bench", help="benchmarks")
+        bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    else:  # the core registered `bench` (throughput, latency): add `serve` beside them
+        bench_sub = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
+    if "serve" not in bench_sub.choices:
+        add_bench_serve_parser(bench_sub)
+    return parser

@@ -1,0 +1,117 @@
+"""From an API request to the engine's SamplingParams, with every range checked.
+
+SamplingParams itself checks what it owns (temperature >= 0, top_p in (0, 1], ...); here go
+the checks that need the model (token ids within the vocabulary, the context length) or that
+the API adds (logit_bias in [-100, 100], n <= 128).
+"""
+from __future__ import annotations
+
+from octavo.sampling_params import RequestOutputKind, SamplingParams
+
+from octavo.server.errors import bad_request
+from octavo.server.protocol import SamplingRequest
+
+MAX_N = 128
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _token_ids(ids: list[int] | None, vocab_size: int, param: str) -> list[int] | None:
+    if ids is None:
+        return None
+    for tid in ids:
+        if not 0 <= tid < vocab_size:
+            raise bad_request(f"{param} must hold token ids in [0, {vocab_size}), got {tid}", param)
+    return list(ids)
+
+
+def logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float] | None:
+    if not bias:
+        return None
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        try:
+            tid = int(key)
+        except (TypeError, ValueError):
+            raise bad_request(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
+        if not 0 <= tid < vocab_size:
+            raise bad_request(f"logit_bias token id {tid} is outside the vocabulary [0, {vocab_size})",
+                              "logit_bias")
+        if not -100.0 <= value <= 100.0:
+            raise bad_request(f"logit_bias values must be in [-100, 100], got {value}", "logit_bias")
+        out[tid] = float(value)
+    return out
+
+
+def check_context(prompt_len: int, max_tokens: int | None, max_model_len: int,
+                  param: str = "max_tokens") -> None:
+    """400 when the prompt (plus the requested completion) does not fit the context."""
+    if prompt_len >= max_model_len:
+        raise bad_request(f"This model's maximum context length is {max_model_len} tokens. However, your "
+                          f"prompt has {prompt_len} tokens, and at least one token must be left for the "
+                          "completion. Please reduce the length of the prompt.",
+                          "prompt" if param == "max_tokens" else "messages", "context_length_exceeded")
+    if max_tokens is not None and prompt_len + max_tokens > max_model_len:
+        raise bad_request(f"This model's maximum context length is {max_model_len} tokens. However, you "
+                          f"requested {prompt_len + max_tokens} tokens ({prompt_len} in the prompt, "
+                          f"{max_tokens} for the completion). Please reduce the length of the prompt "
+                          f"or of the completion.", param, "context_length_exceeded")
+
+
+def truncate(ids: list[int], truncate_prompt_tokens: int | None, max_model_len: int) -> list[int]:
+    """Keep the last `truncate_prompt_tokens` tokens (-1: the context length), as vLLM."""
+    k = truncate_prompt_tokens
+    if k is None:
+        return ids
+    if k == -1:
+        k = max_model_len
+    if k < 1:
+        raise bad_request(f"truncate_prompt_tokens must be -1 or at least 1, got {k}", "truncate_prompt_tokens")
+    if k > max_model_len:
+        raise bad_request(f"truncate_prompt_tokens ({k}) must be at most the context length ({max_model_len})",
+                          "truncate_prompt_tokens")
+    return ids[-k:]
+
+
+def check_common(req: SamplingRequest) -> None:
+    """Checks that do not depend on the prompt (run before tokenizing)."""
+    if req.n is not None and not 1 <= req.n <= MAX_N:
+        raise bad_request(f"n must be in [1, {MAX_N}], got {req.n}", "n")
+    if req.seed is not None and not _INT64[0] <= req.seed <= _INT64[1]:
+        raise bad_request("seed must fit a signed 64-bit integer", "seed")
+    if req.stream_options is not None and not req.stream:
+        raise bad_request("stream_options can only be set when stream is true", "stream_options")
+    if req.prompt_logprobs is not None and req.stream:
+        raise bad_request("prompt_logprobs is not available when streaming", "prompt_logprobs")
+
+
+def build(req: SamplingRequest, *, max_tokens: int | None, logprobs: int | None, vocab_size: int,
+          stream: bool, best_of: int | None = None, prompt_logprobs: int | None = None) -> SamplingParams:
+    """SamplingParams for `req`; range errors become 400s naming the parameter."""
+    stop = req.stop
+    if isinstance(stop, str):
+        stop = [stop]
+    return SamplingParams(
+        n=req.n or 1,
+        best_of=best_of,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=0 if req.top_k is None else req.top_k,
+        min_p=0.0 if req.min_p is None else req.min_p,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        seed=req.seed,
+        stop=list(stop or []),
+        stop_token_ids=_token_ids(req.stop_token_ids, vocab_size, "stop_token_ids") or [],
+        include_stop_str_in_output=bool(req.include_stop_str_in_output),
+        ignore_eos=bool(req.ignore_eos),
+        max_tokens=max_tokens,
+        min_tokens=req.min_tokens or 0,
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs if prompt_logprobs is not None else req.prompt_logprobs,
+        logit_bias=logit_bias(req.logit_bias, vocab_size),
+        allowed_token_ids=_token_ids(req.allowed_token_ids, vocab_size, "allowed_token_ids"),
+        skip_special_tokens=req.skip_special_tokens is not False,
+        spaces_between_special_tokens=req.spaces_between_special_tokens is not False,
+        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+    )

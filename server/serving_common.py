@@ -1,0 +1,64 @@
+"""Small pieces both generation endpoints share: ids, SSE framing, usage, prompt checks."""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi.responses import StreamingResponse
+
+from octavo.server.errors import bad_request, from_exception
+from octavo.server.protocol import OpenAIBaseModel
+
+logger = logging.getLogger("octavo.server")
+
+DONE = "data: [DONE]\n\n"
+
+
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def sse_error(exc: BaseException) -> str:
+    return sse(from_exception(exc).body())
+
+
+def streaming_response(body: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict:
+    out = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+           "total_tokens": prompt_tokens + completion_tokens}
+    if cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return out
+
+
+def warn_unknown_fields(req: OpenAIBaseModel, endpoint: str) -> None:
+    fields = req.unknown_fields()
+    if fields:
+        logger.warning("%s: ignoring unknown request fields %s", endpoint, ", ".join(fields))
+
+
+def encode(tokenizer, text: str, add_special_tokens: bool, param: str = "prompt") -> list[int]:
+    """Token ids of `text`; 400 for text that is not valid Unicode (lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request(f"{param} is not valid Unicode (it holds a lone surrogate)", param) from None
+    return tokenizer(text, add_special_tokens=add_special_tokens).input_ids
+
+
+def check_token_ids(ids: list[int], vocab_size: int, param: str = "prompt") -> None:
+    if not ids:
+        raise bad_request("the prompt is empty", param)
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise bad_request(f"prompt token ids must be in [0, {vocab_size}), got {bad}", param)
