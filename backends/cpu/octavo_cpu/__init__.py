@@ -37,6 +37,7 @@ class CpuBackend(Backend):
 
     def create_worker(self, config: EngineConfig) -> Worker:
         from octavo_cpu.attention import TorchPagedAttention
+        from octavo_cpu.kernels import native
         from octavo_cpu.worker import CpuWorker
 
-        return CpuWorker(config, self, torch.device("cpu"), TorchPagedAttention())
+        return CpuWorker(config, self, torch.device("cpu"), TorchPagedAttention(native()))

@@ -1,8 +1,9 @@
-"""Paged attention in plain torch for varlen batches that mix prefill chunks and decodes.
+"""Paged attention for varlen batches that mix prefill chunks and decodes.
 
-Cache layout: [2 (K, V), num_blocks, block_size, kv_heads, head_dim]. Decodes are batched:
-their blocks are gathered block-wise (not token-wise) and padded positions masked. Each
-prefill chunk attends alone; a chunk with no earlier context skips the gather entirely.
+Cache layout: [2 (K, V), num_blocks, block_size, kv_heads, head_dim]. Decodes run batched
+in the C++ kernel, which reads the cache in place; without it (no compiler), their blocks
+are gathered block-wise and padded positions masked. Each prefill chunk attends alone
+through torch's SDPA; a chunk with no earlier context skips the gather entirely.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from octavo.backend import AttentionBackend, AttentionSpec, BatchLayout
 class DecodeBatch:
     tokens: slice | torch.Tensor  # rows of the flat batch; a slice when they lead the batch
     block_table: torch.Tensor  # [Bd, nb] long
-    seq_lens: torch.Tensor  # [Bd]
+    seq_lens: torch.Tensor  # [Bd] long
 
 
 @dataclass(slots=True)
@@ -38,6 +39,9 @@ class CpuAttentionMetadata:
 
 
 class TorchPagedAttention(AttentionBackend):
+    def __init__(self, native=None):
+        self.native = native  # the compiled kernels module, or None for the torch path
+
     def kv_cache_shape(self, num_blocks, block_size, num_kv_heads, head_dim):
         return (2, num_blocks, block_size, num_kv_heads, head_dim)
 
@@ -61,7 +65,8 @@ class TorchPagedAttention(AttentionBackend):
             nb = -(-int(dec_lens.max()) // bs)
             leading = decode_rows[-1] == len(decode_rows) - 1  # then their tokens are 0..Bd-1
             tokens = slice(0, len(decode_rows)) if leading else layout.query_start_loc[rows].long().to(device)
-            decode = DecodeBatch(tokens, layout.block_tables[rows, :nb].long().to(device), dec_lens.to(device))
+            decode = DecodeBatch(tokens, layout.block_tables[rows, :nb].long().to(device),
+                                 dec_lens.long().to(device))
         return CpuAttentionMetadata(layout.slot_mapping.to(device), decode, prefills)
 
     def forward(self, spec: AttentionSpec, q, k, v, kv_cache, md: CpuAttentionMetadata):
@@ -80,6 +85,9 @@ class TorchPagedAttention(AttentionBackend):
 
     def _decode(self, spec, q, k_cache, v_cache, md):
         dec = md.decode
+        if self.native is not None:
+            return self.native.paged_decode(q.contiguous(), k_cache, v_cache, dec.block_table, dec.seq_lens,
+                                            spec.scale, spec.sliding_window or 0, spec.logit_softcap or 0.0)
         num, nb = dec.block_table.shape
         keys = _gather(k_cache, dec.block_table, num)  # [Bd, Hkv, L, D]
         values = _gather(v_cache, dec.block_table, num)

