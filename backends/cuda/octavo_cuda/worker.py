@@ -1,0 +1,92 @@
+"""`CudaWorker`: the core's TorchWorker on a CUDA (or ROCm/HIP) device.
+
+What it adds to TorchWorker:
+- KV-cache sizing by profiling (`num_kv_blocks`): `config.num_kv_blocks` wins, then
+  `config.kv_cache_memory`, else a profile step at the largest batch the scheduler can send
+  (`profile_batch`) and `config.extra["gpu_memory_utilization"]` (default 0.9) of the device
+  (arithmetic in `memory.py`).
+- CUDA graphs for decode (designed, not captured yet): `config.extra["cuda_graph_sizes"]`
+  (normalized by the backend's check_and_update_config; empty when
+  `config.extra["enforce_eager"]`) lists decode batch sizes. Per size the worker will keep
+  static input ids / positions / `TritonMetadata` buffers, capture one forward in warm_up, and
+  pad a decode batch up to the next captured size at run time (`TritonMetadata.copy_` pads
+  requests with empty ones and tokens with slot -1, which the kernels skip). The kernels are
+  capture-safe: grids depend only on token and request counts, `forward` never syncs. Capture
+  needs a TorchWorker hook that runs the model on given device tensors (ids, positions,
+  metadata) without the sampler; until the core has one, decode runs eagerly.
+"""
+from __future__ import annotations
+
+import torch
+
+from octavo.backend import AttentionBackend, Backend, ScheduledRequest, SchedulerOutput
+from octavo.config import EngineConfig
+from octavo.sampling_params import SamplingParams
+from octavo.worker import TorchWorker
+from octavo_cuda.memory import MemorySample, kv_cache_bytes, num_blocks_for
+
+
+def profile_batch(config: EngineConfig, max_model_len: int, block_size: int) -> SchedulerOutput:
+    """The heaviest step the scheduler may send: max_num_batched_tokens prompt tokens spread
+    over up to max_num_seqs requests (each within max_model_len), every request sampling.
+    Block ids are 0..n-1: the caller allocates a cache of `sum of blocks` for it."""
+    total = config.max_num_batched_tokens or 2048
+    num_reqs = max(1, min(config.max_num_seqs, total))
+    per_req = min(max_model_len - 1, -(-total // num_reqs))
+    num_reqs = min(num_reqs, -(-total // per_req))
+    requests, next_block, left = [], 0, total
+    for i in range(num_reqs):
+        n = min(per_req, left)
+        if n <= 0:
+            break
+        left -= n
+        nblocks = -(-n // block_size)
+        requests.append(ScheduledRequest(
+            request_id=f"profile-{i}", token_ids=[0] * n, num_prompt_tokens=n, num_computed_tokens=0,
+            num_new_tokens=n, block_ids=list(range(next_block, next_block + nblocks)),
+            sampling_params=SamplingParams(temperature=0.0, max_tokens=1), eos_token_id=None, samples=True))
+        next_block += nblocks
+    return SchedulerOutput(requests=requests, num_batched_tokens=total - left, block_size=block_size)
+
+
+def run_profile_step(worker: TorchWorker, block_size: int) -> int:
+    """Run `profile_batch` through the worker on a temporary cache; returns that cache's bytes."""
+    batch = profile_batch(worker.config, worker.model_config.max_model_len, block_size)
+    num_blocks = sum(len(r.block_ids) for r in batch.requests)
+    worker.allocate_kv_cache(num_blocks, block_size)
+    worker.execute(batch)
+    return num_blocks * worker.kv_bytes_per_block(block_size)
+
+
+def _sample(device: torch.device) -> MemorySample:
+    free, total = torch.cuda.mem_get_info(device)
+    return MemorySample(free=free, total=total, reserved=torch.cuda.memory_reserved(device))
+
+
+class CudaWorker(TorchWorker):
+    def __init__(self, config: EngineConfig, backend: Backend, device: torch.device,
+                 attention: AttentionBackend) -> None:
+        super().__init__(config, backend, device, attention)
+        torch.cuda.set_device(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        self._mem_start = _sample(device)  # before the weights: what this process starts from
+
+    def num_kv_blocks(self, block_size: int) -> int:
+        per_block = self.kv_bytes_per_block(block_size)
+        if self.config.num_kv_blocks:
+            return self.config.num_kv_blocks
+        if self.config.kv_cache_memory:
+            return num_blocks_for(self.config.kv_cache_memory, per_block)
+        temp_cache = run_profile_step(self, block_size)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - temp_cache
+        self.runner = None  # drop the profile cache's runner; allocate_kv_cache makes the real one
+        torch.cuda.empty_cache()
+        after = _sample(self.device)
+        utilization = float(self.config.extra.get("gpu_memory_utilization", 0.9))
+        return num_blocks_for(kv_cache_bytes(self._mem_start, after, peak, utilization), per_block)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        torch.cuda.empty_cache()

@@ -1,0 +1,77 @@
+"""The whole engine on TritonAttention, against HF transformers, on the CPU.
+
+The shared conformance check (octavo.testing.conformance) drives the real engine (scheduler,
+model runner, sampler) with this package's attention backend; the kernels run interpreted
+(TRITON_INTERPRET=1, see conftest.py), so only the device differs from production.
+A 2-layer tiny Gemma 3 (one sliding-window layer of 16, one full layer, GQA 4/2,
+query_pre_attn_scalar scale) keeps it to seconds.
+"""
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="these tests run Triton kernels: pip install triton==3.7.1")
+
+from octavo import LLM
+from octavo.backend import Availability
+from octavo.config import EngineConfig
+from octavo.testing import conformance
+from octavo.testing.tiny_models import make_tiny_model
+from octavo.worker import TorchWorker
+from octavo_cuda import CudaBackend
+from octavo_cuda.worker import profile_batch, run_profile_step
+
+DEVICE = torch.device(os.environ.get("OCTAVO_TRITON_DEVICE", "cpu"))
+
+
+class FixedBlocksWorker(TorchWorker):
+    def num_kv_blocks(self, block_size: int) -> int:
+        return self.config.num_kv_blocks or 64
+
+
+class InterpretedCudaBackend(CudaBackend):
+    """CudaBackend with its attention, on whatever device the kernels run here."""
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(True)
+
+    def create_worker(self, config):
+        return FixedBlocksWorker(config, self, DEVICE, self.attention_backend())
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory):
+    return make_tiny_model("gemma3", str(tmp_path_factory.mktemp("gemma3-2l")), num_hidden_layers=2,
+                           layer_types=["sliding_attention", "full_attention"])
+
+
+def make_llm(path, **kwargs):
+    return LLM(path, backend=InterpretedCudaBackend(), **kwargs)
+
+
+def test_greedy_matches_hf(tiny_gemma3):
+    conformance.check_greedy_matches_hf(make_llm, tiny_gemma3, "default")
+
+
+def test_profile_batch_shape():
+    cfg = EngineConfig(max_num_batched_tokens=100, max_num_seqs=8)
+    batch = profile_batch(cfg, max_model_len=64, block_size=16)
+    lens = [r.num_new_tokens for r in batch.requests]
+    assert sum(lens) == 100 == batch.num_batched_tokens and len(lens) <= 8 and max(lens) < 64
+    blocks = [b for r in batch.requests for b in r.block_ids]
+    assert blocks == list(range(len(blocks)))
+    assert all(len(r.block_ids) * 16 >= r.num_new_tokens for r in batch.requests)
+    big = profile_batch(EngineConfig(max_num_batched_tokens=8192, max_num_seqs=4), max_model_len=1024, block_size=32)
+    assert all(r.num_new_tokens <= 1023 for r in big.requests) and len(big.requests) <= 4
+
+
+def test_profile_step_runs_through_the_worker(tiny_gemma3):
+    backend = InterpretedCudaBackend()
+    cfg = EngineConfig(model=tiny_gemma3, dtype="float32", max_num_batched_tokens=40, max_num_seqs=3)
+    backend.check_and_update_config(cfg)
+    worker = backend.create_worker(cfg)
+    worker.load_model()
+    temp_bytes = run_profile_step(worker, cfg.block_size)
+    assert temp_bytes == 3 * worker.kv_bytes_per_block(cfg.block_size)  # 3 requests of 14/13/13 tokens
