@@ -37,7 +37,6 @@ class CpuBackend(Backend):
 
     def create_worker(self, config: EngineConfig) -> Worker:
         from octavo_cpu.attention import TorchPagedAttention
-        from octavo_cpu.kernels import native
         from octavo_cpu.worker import CpuWorker
 
-        return CpuWorker(config, self, torch.device("cpu"), TorchPagedAttention(native()))
+        return CpuWorker(config, self, torch.device("cpu"), TorchPagedAttention())
