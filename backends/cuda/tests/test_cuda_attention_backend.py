@@ -1,6 +1,6 @@
 """TritonAttention through the contract: BatchLayout in, K/V written, attention out.
 
-Interpreted on the CPU (conftest.py). Covers padding tokens (slot -1, as in a CUDA-graph
+Interpreted on the CPU (the root conftest.py). Covers padding tokens (slot -1, as in a CUDA-graph
 padded batch) and TritonMetadata.copy_ into larger static buffers (graph replay).
 """
 import os

@@ -2,7 +2,7 @@
 
 The shared conformance check (octavo.testing.conformance) drives the real engine (scheduler,
 model runner, sampler) with this package's attention backend; the kernels run interpreted
-(TRITON_INTERPRET=1, see conftest.py), so only the device differs from production.
+(TRITON_INTERPRET=1, see the root conftest.py), so only the device differs from production.
 A 2-layer tiny Gemma 3 (one sliding-window layer of 16, one full layer, GQA 4/2,
 query_pre_attn_scalar scale) keeps it to seconds.
 """

@@ -1,6 +1,6 @@
 """Every Triton kernel against a plain-torch reference.
 
-Runs under TRITON_INTERPRET=1 on the CPU (see conftest.py): fp32 and fp16; bf16 only on a GPU
+Runs under TRITON_INTERPRET=1 on the CPU (see the root conftest.py): fp32 and fp16; bf16 only on a GPU
 (OCTAVO_TRITON_DEVICE=cuda) because the interpreter computes bf16 on the raw 16-bit integers.
 Grids are kept small: the interpreter costs about 1 ms per program instance.
 """

@@ -1,7 +1,7 @@
 """RocmBackend: identity, availability, launch parameters, and octavo-cuda's kernels on AMD.
 
 The kernels are octavo-cuda's (no copies); what ROCm changes is the launch (64-wide
-wavefronts). Kernels run interpreted on the CPU (conftest.py) with the ROCm launch
+wavefronts). Kernels run interpreted on the CPU (the root conftest.py) with the ROCm launch
 parameters, and compile-only for gfx90a (MI200) and gfx942 (MI300) in a subprocess.
 """
 import json

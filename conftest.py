@@ -1,0 +1,12 @@
+"""Session-wide test setup, loaded before any test module.
+
+The CUDA/ROCm backends' Triton kernels run under Triton's interpreter on CPU-only machines.
+`triton.jit` chooses interpreter or compiler when a kernel module is imported, and any test
+may import one first (listing the installed backends does), so the variable is set here.
+Compile-only tests run in subprocesses without it. On a GPU machine,
+OCTAVO_TRITON_DEVICE=cuda runs the same kernel tests compiled on the device.
+"""
+import os
+
+if os.environ.get("OCTAVO_TRITON_DEVICE", "cpu") == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
