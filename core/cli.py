@@ -1,4 +1,4 @@
-"""`octavo devices | generate | serve`."""
+"""`octavo devices | generate | serve | bench`."""
 from __future__ import annotations
 
 import argparse
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     add_engine_args(gen)
     gen.set_defaults(fn=cmd_generate)
 
+    from octavo.benchmarks import add_bench_parser
+
+    add_bench_parser(sub)
     try:
         from octavo.server.cli import add_serve_parser
     except ImportError:
