@@ -12,7 +12,7 @@ from octavo.server.errors import bad_request
 from octavo.server.logprobs import chat_logprobs, prompt_logprobs
 from octavo.server.protocol import (ChatChoiceLogprobs, ChatCompletionChoice, ChatCompletionRequest,
                                     ChatCompletionResponse, ChatResponseMessage, UsageInfo)
-from octavo.server.serving_common import (DONE, check_token_ids, encode, new_request_id, sse, sse_error,
+from octavo.server.serving_common import (DONE, check_token_ids, encode, new_request_id, sse_chunk, sse_error,
                                           streaming_response, usage, warn_unknown_fields)
 from octavo.server.state import ServerState
 from octavo.server.tracking import EngineStream, merge, start_all, unless_disconnected
@@ -113,11 +113,7 @@ class _Chat:
             prompt_token_ids=final.prompt_token_ids if self.req.return_token_ids else None)
 
     def _chunk(self, choices: list[dict], usage_info: dict | None = None) -> str:
-        obj = {"id": self.request_id, "object": "chat.completion.chunk", "created": self.created,
-               "model": self.model, "choices": choices}
-        if usage_info is not None:
-            obj["usage"] = usage_info
-        return sse(obj)
+        return sse_chunk("chat.completion.chunk", self.request_id, self.created, self.model, choices, usage_info)
 
     async def stream(self) -> AsyncIterator[str]:
         opts = self.req.stream_options

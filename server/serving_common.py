@@ -24,6 +24,15 @@ def sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
+def sse_chunk(object_name: str, request_id: str, created: int, model: str, choices: list[dict],
+              usage_info: dict | None = None) -> str:
+    """One streamed chunk in OpenAI's shape; usage only when asked for."""
+    obj = {"id": request_id, "object": object_name, "created": created, "model": model, "choices": choices}
+    if usage_info is not None:
+        obj["usage"] = usage_info
+    return sse(obj)
+
+
 def sse_error(exc: BaseException) -> str:
     return sse(from_exception(exc).body())
 

@@ -12,7 +12,7 @@ from octavo.server import sampling
 from octavo.server.errors import bad_request
 from octavo.server.logprobs import CompletionLogprobs, merge_completion, prompt_logprobs
 from octavo.server.protocol import CompletionChoice, CompletionRequest, CompletionResponse, UsageInfo
-from octavo.server.serving_common import (DONE, check_token_ids, encode, new_request_id, sse, sse_error,
+from octavo.server.serving_common import (DONE, check_token_ids, encode, new_request_id, sse_chunk, sse_error,
                                           streaming_response, usage, warn_unknown_fields)
 from octavo.server.state import ServerState
 from octavo.server.tracking import EngineStream, merge, start_all, unless_disconnected
@@ -135,11 +135,7 @@ class _Completion:
                                   usage=UsageInfo(**usage(prompt_tokens, completion_tokens, cached)))
 
     def _chunk(self, choices: list[dict], usage_info: dict | None = None) -> str:
-        obj = {"id": self.request_id, "object": "text_completion", "created": self.created, "model": self.model,
-               "choices": choices}
-        if usage_info is not None:
-            obj["usage"] = usage_info
-        return sse(obj)
+        return sse_chunk("text_completion", self.request_id, self.created, self.model, choices, usage_info)
 
     async def stream(self) -> AsyncIterator[str]:
         opts = self.req.stream_options

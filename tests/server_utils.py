@@ -6,6 +6,7 @@ the engine), speaking real HTTP on 127.0.0.1 to the official `openai` client and
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import os
@@ -91,6 +92,20 @@ def start_engine(model_path: str, **overrides):
     kwargs = dict(model=model_path, dtype="float32", num_kv_blocks=256, num_threads=1)
     kwargs.update(overrides)
     return AsyncLLM(EngineConfig(**kwargs))
+
+
+@contextlib.contextmanager
+def running_server(settings, **engine_overrides):
+    """The real app over a fresh tiny-model engine, on a loopback port; `.engine` is exposed."""
+    from octavo.server.app import build_app
+
+    engine = start_engine(server_model_path(), **engine_overrides)
+    try:
+        with ThreadServer(build_app(engine, settings)) as srv:
+            srv.engine = engine
+            yield srv
+    finally:
+        engine.shutdown()
 
 
 def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:

@@ -8,9 +8,8 @@ import json
 import httpx
 import openai
 import pytest
-from server_utils import MODEL_NAME, ThreadServer, server_model_path, sse_events, start_engine
+from server_utils import MODEL_NAME, running_server, server_model_path, sse_events
 
-from octavo.server.app import build_app
 from octavo.server.state import ServerSettings
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
@@ -19,13 +18,10 @@ MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "c
 
 @pytest.fixture(scope="module")
 def server():
-    engine = start_engine(server_model_path())
     settings = ServerSettings(served_model_names=[MODEL_NAME, "alias"], model_root=server_model_path(),
                               log_stats=False)
-    with ThreadServer(build_app(engine, settings)) as srv:
-        srv.engine = engine
+    with running_server(settings) as srv:
         yield srv
-    engine.shutdown()
 
 
 @pytest.fixture(scope="module")

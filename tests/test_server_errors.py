@@ -8,7 +8,7 @@ import json
 import httpx
 import openai
 import pytest
-from server_utils import MODEL_NAME, ThreadServer, server_model_path, sse_events, start_engine
+from server_utils import MODEL_NAME, ThreadServer, running_server, sse_events
 
 from octavo.server.app import build_app
 from octavo.server.state import ServerSettings
@@ -107,13 +107,10 @@ BAD = [
 
 @pytest.fixture(scope="module")
 def server():
-    engine = start_engine(server_model_path())
     settings = ServerSettings(served_model_names=[MODEL_NAME], log_stats=False,
                               allowed_origins=["http://ok.example"])
-    with ThreadServer(build_app(engine, settings)) as srv:
-        srv.engine = engine
+    with running_server(settings) as srv:
         yield srv
-    engine.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,8 @@ import time
 import httpx
 import openai
 import pytest
-from server_utils import MODEL_NAME, ThreadServer, metric_value, server_model_path, start_engine
+from server_utils import MODEL_NAME, metric_value, running_server
 
-from octavo.server.app import build_app
 from octavo.server.state import ServerSettings
 
 LABELS = {"model_name": MODEL_NAME}
@@ -18,12 +17,9 @@ LABELS = {"model_name": MODEL_NAME}
 
 @pytest.fixture(scope="module")
 def server():
-    engine = start_engine(server_model_path())
     settings = ServerSettings(served_model_names=[MODEL_NAME], stats_interval=0.2)
-    with ThreadServer(build_app(engine, settings)) as srv:
-        srv.engine = engine
+    with running_server(settings) as srv:
         yield srv
-    engine.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -28,10 +28,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        h = x.float()
+        h = h * torch.rsqrt(h.square().mean(-1, keepdim=True).add_(self.eps))
+        return self.weight * h.to(x.dtype)
 
 
 class GemmaRMSNorm(RMSNorm):
@@ -39,8 +38,8 @@ class GemmaRMSNorm(RMSNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x.float()
-        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (out * (1.0 + self.weight.float())).type_as(x)
+        out = out * torch.rsqrt(out.square().mean(-1, keepdim=True).add_(self.eps))
+        return out.mul_(1.0 + self.weight.float()).type_as(x)
 
 
 class MergedLinear(nn.Linear):
@@ -91,7 +90,7 @@ Rope = tuple[torch.Tensor, torch.Tensor]
 def apply_rope(rope: Rope, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """q [T, H, D], k [T, Hkv, D]."""
     cos, sin = rope
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    return (q * cos).add_(_rotate_half(q).mul_(sin)), (k * cos).add_(_rotate_half(k).mul_(sin))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +119,7 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(self.act(gate) * up)
+        return self.down_proj(self.act(gate).mul_(up))  # in place: one allocation less per layer
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
