@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -106,6 +108,36 @@ def running_server(settings, **engine_overrides):
             yield srv
     finally:
         engine.shutdown()
+
+
+@contextlib.contextmanager
+def octavo_serve(args: list[str], port: int, env: dict | None = None, timeout: float = 120):
+    """`octavo serve ARGS` as a real subprocess on a loopback port, yielded once healthy with its
+    `url`; after the block it is stopped and its output can be read from `stdout`."""
+    import httpx
+
+    cmd = [sys.executable, "-m", "octavo.cli", "serve", *args, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "octavo serve did not come up"
+            time.sleep(0.25)
+        proc.url = url
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:

@@ -49,3 +49,20 @@ def test_default_model_chat_is_coherent(gguf_path):
     out = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
                    SamplingParams(temperature=0, max_tokens=24))[0].outputs[0]
     assert "Paris" in out.text and out.finish_reason in ("stop", "length")
+
+
+def test_readme_serve_command_answers_a_chat(gguf_path):
+    """README's first command, `octavo serve` with no model, through the official client."""
+    import openai
+    from server_utils import free_port, octavo_serve
+
+    with octavo_serve(["--max-model-len", "1024", "--disable-log-stats"], free_port(), timeout=180) as proc:
+        client = openai.OpenAI(base_url=proc.url + "/v1", api_key="none", max_retries=0, timeout=120)
+        model = client.models.list().data[0].id
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        reply = client.chat.completions.create(model=model, messages=question, temperature=0, max_tokens=24)
+        assert "Paris" in reply.choices[0].message.content
+        stream = client.chat.completions.create(model=model, messages=question, temperature=0, max_tokens=24,
+                                                stream=True)
+        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert streamed == reply.choices[0].message.content

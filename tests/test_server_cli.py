@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
-from server_utils import MODEL_NAME, ThreadServer, free_port, server_model_path, start_engine
+from server_utils import MODEL_NAME, free_port, octavo_serve, running_server, server_model_path
 
 from octavo.config import ConfigError
 from octavo.server.cli import add_serve_parser, build_settings, resolve_args
@@ -95,23 +92,11 @@ def test_octavo_serve_subprocess(tmp_path):
     cfg = write_yaml(tmp_path, f"max_model_len: 256\nport: 1\nresponse_role: bot\nnum_kv_blocks: 64\n"
                                f"chat_template: {json.dumps(template)}\n")
     env = dict(os.environ, OCTAVO_API_KEY="env-key")
-    cmd = [sys.executable, "-m", "octavo.cli", "serve", server_model_path(), "--config", cfg, "--host", "127.0.0.1",
-           "--port", str(port), "--dtype", "float32", "--num-threads", "1", "--served-model-name", "sub", "alias",
-           "--disable-log-stats", "--uvicorn-log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    args = [server_model_path(), "--config", cfg, "--dtype", "float32", "--num-threads", "1",
+            "--served-model-name", "sub", "alias", "--disable-log-stats", "--uvicorn-log-level", "warning"]
     headers = {"Authorization": "Bearer env-key"}
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "octavo serve did not come up"
-            time.sleep(0.25)
+    with octavo_serve(args, port, env=env, timeout=90) as proc:
+        url = proc.url
         assert httpx.get(url + "/v1/models").status_code == 401
         models = httpx.get(url + "/v1/models", headers=headers).json()["data"]
         assert [m["id"] for m in models] == ["sub", "alias"] and models[0]["max_model_len"] == 256
@@ -126,26 +111,17 @@ def test_octavo_serve_subprocess(tmp_path):
         tok = AutoTokenizer.from_pretrained(server_model_path())
         expected = tok("<user>hi<|im_start|>assistant", add_special_tokens=False).input_ids
         assert r.model_extra["prompt_token_ids"] == expected
-    finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+    out = proc.stdout.read()
     assert "/v1/chat/completions chatcmpl-" in out  # the per-request log line
 
 
 @pytest.fixture(scope="module")
 def live_server():
-    from octavo.server.app import build_app
     from octavo.server.state import ServerSettings
 
-    engine = start_engine(server_model_path())
-    settings = ServerSettings(served_model_names=[MODEL_NAME], log_stats=False, log_requests=False)
-    with ThreadServer(build_app(engine, settings)) as srv:
+    with running_server(ServerSettings(served_model_names=[MODEL_NAME], log_stats=False,
+                                       log_requests=False)) as srv:
         yield srv
-    engine.shutdown()
 
 
 def test_bench_serve(live_server, tmp_path):
