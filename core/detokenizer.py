@@ -194,16 +194,7 @@ class _StreamDecoder:
             text = self.stream.step(self.tok, ids[0] if len(ids) == 1 else ids)
         except Exception as e:  # noqa: BLE001 - classified in _step_slowly
             return self._step_slowly(ids, e)
-        if text is None:
-            self.pending += ids
-            return ""
-        if self.pending:
-            self.pending += ids
-            self.ctx = self.pending
-            self.pending = []
-        else:
-            self.ctx = ids[:]
-        return text
+        return self._account(text, ids)
 
     def _account(self, text: str | None, ids: list[int]) -> str:
         """Track which ids the stream's prefix / pending text correspond to (for flush)."""

@@ -18,6 +18,15 @@ def tiny_model(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def http(server):
+    """An HTTP client for the module's `server` fixture (the server tests define one each)."""
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def llama_llm(tiny_model):
     """A shared fp32 engine over the tiny Llama, for tests that only add requests."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import openai
 import pytest
 from server_utils import MODEL_NAME, running_server, server_model_path, sse_events
@@ -27,12 +26,6 @@ def server():
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -113,12 +113,6 @@ def server():
         yield srv
 
 
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
-
-
 def assert_error(r: httpx.Response, status: int, param=..., code=...) -> dict:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")  # also for stream=True

@@ -22,12 +22,6 @@ def server():
         yield srv
 
 
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
-
-
 def metrics(http) -> str:
     r = http.get("/metrics")
     assert r.status_code == 200
