@@ -10,6 +10,8 @@ import argparse
 import json
 import logging
 import os
+import signal
+import threading
 
 from octavo.config import ConfigError
 
@@ -168,14 +170,24 @@ def run_serve(args: argparse.Namespace) -> int:
     args = resolve_args(args)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = build_settings(args)
-    engine = AsyncLLM(config_from_args(args))
+    engine = AsyncLLM(config_from_args(args), start_loop=False)  # the loop runs on this thread
     try:
         app = build_app(engine, settings)
         logging.getLogger("octavo.server").info(
             "serving %s on http://%s:%d (max_model_len %d)", ", ".join(settings.served_model_names),
             args.host or "0.0.0.0", args.port, engine.model_config.max_model_len)
-        uvicorn.run(app, host=args.host or "0.0.0.0", port=args.port, log_level=args.uvicorn_log_level,
-                    access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=5)
+        server = uvicorn.Server(uvicorn.Config(
+            app, host=args.host or "0.0.0.0", port=args.port, log_level=args.uvicorn_log_level,
+            access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=5))
+        http = threading.Thread(target=lambda: (server.run(), engine.stop()), name="octavo-http")
+        http.start()
+        signal.signal(signal.SIGTERM, lambda *_: engine.stop())
+        try:
+            engine.run_engine_loop()  # until the HTTP server ends, or Ctrl-C / SIGTERM here
+        except KeyboardInterrupt:
+            pass
+        server.should_exit = True
+        http.join(timeout=30)
     finally:
         engine.shutdown()
     return 0

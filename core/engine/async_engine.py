@@ -1,8 +1,14 @@
-"""The async engine the server builds on: the step loop runs in its own thread.
+"""The async engine the server builds on: the step loop runs in a thread of its own.
 
 Requests are validated in the caller's thread (errors surface at once), then handed to the
 loop through a queue; outputs flow back into one asyncio queue per request. A request whose
 consumer goes away (client disconnect, cancellation) is aborted and its blocks freed.
+
+Which thread steps the engine matters on CPUs: torch's OpenMP intra-op parallelism ran at
+full speed only on the process's main thread on the 2-core machines measured (a SmolLM2
+decode step took 35 ms there and 52 ms on any other thread). So `octavo serve` builds the
+engine with `start_loop=False`, runs `run_engine_loop()` on the main thread and serves HTTP
+from another; library users get the loop in a background thread by default.
 """
 from __future__ import annotations
 
@@ -25,14 +31,17 @@ class EngineDeadError(RuntimeError):
 
 
 class AsyncLLM:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, start_loop: bool = True):
         self.engine = LLMEngine(config)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="octavo-engine", daemon=True)
-        self._thread.start()
+        self._looping = threading.Event()  # set while run_engine_loop runs, wherever
+        self._thread: threading.Thread | None = None
+        if start_loop:
+            self._thread = threading.Thread(target=self.run_engine_loop, name="octavo-engine", daemon=True)
+            self._thread.start()
 
     @property
     def tokenizer(self):
@@ -43,7 +52,7 @@ class AsyncLLM:
         return self.engine.model_config
 
     def is_alive(self) -> bool:
-        return not self._stopped and self._thread.is_alive()
+        return not self._stopped and self._looping.is_set()
 
     async def generate(self, prompt: Prompt, params: SamplingParams,
                        request_id: str) -> AsyncIterator[RequestOutput]:
@@ -73,10 +82,15 @@ class AsyncLLM:
     def abort(self, request_id: str) -> None:
         self._send("abort", request_id)
 
-    def shutdown(self) -> None:
+    def stop(self) -> None:
+        """Make run_engine_loop return (thread-safe)."""
         self._stopped = True
         self._wake.set()
-        self._thread.join(timeout=10)
+
+    def shutdown(self) -> None:
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
         self.engine.shutdown()
 
     # ------------------------------------------------------------------ engine thread
@@ -85,7 +99,15 @@ class AsyncLLM:
         self._inbox.put((kind, payload))
         self._wake.set()
 
-    def _run(self) -> None:
+    def run_engine_loop(self) -> None:
+        """Step the engine until stop(); runs in the calling thread."""
+        self._looping.set()
+        try:
+            self._loop()
+        finally:
+            self._looping.clear()
+
+    def _loop(self) -> None:
         while not self._stopped:
             self._drain_inbox()
             if not self.engine.has_unfinished_requests():
