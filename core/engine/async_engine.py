@@ -40,6 +40,7 @@ class AsyncLLM:
         self._looping = threading.Event()  # set while run_engine_loop runs, wherever
         self._thread: threading.Thread | None = None
         if start_loop:
+            self._looping.set()  # alive from construction on, not only once the thread is scheduled
             self._thread = threading.Thread(target=self.run_engine_loop, name="octavo-engine", daemon=True)
             self._thread.start()
 
