@@ -217,3 +217,11 @@ def test_abort_frees_blocks(llama_llm):
     assert all(o.finished and o.outputs[0].finish_reason == "abort" for o in final)
     assert engine.abort_request("unknown") is None
     assert_no_leaks(llama_llm)
+
+
+def test_engine_seed_makes_unseeded_sampling_reproducible(tiny_model):
+    from octavo import LLM
+
+    hot = SamplingParams(temperature=1.5, max_tokens=16, ignore_eos=True)
+    runs = [tokens(LLM(tiny_model("llama"), dtype="float32", num_kv_blocks=64, seed=s), hot) for s in (7, 7, 8)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]

@@ -9,6 +9,8 @@ import dataclasses
 import logging
 from typing import Any
 
+import torch
+
 from octavo.backend import Backend
 from octavo.config import ConfigError, EngineConfig, ModelConfig
 from octavo.devices import select_backend
@@ -39,6 +41,7 @@ class LLMEngine:
         """`backend` bypasses device selection (conformance tests of a backend under emulation)."""
         check_config(config)
         self.config = config
+        torch.manual_seed(config.seed)  # unseeded requests draw from the global generators
         self.backend = backend or select_backend(config.device)
         self.backend.check_and_update_config(config)
         self.worker = self.backend.create_worker(config)
