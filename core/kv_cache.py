@@ -83,6 +83,7 @@ class KVCacheManager:
         self.pool = BlockPool(num_blocks)
         self.req_blocks: dict[str, list[KVBlock]] = {}
         self.req_hashes: dict[str, list[BlockHash]] = {}
+        self.num_registered: dict[str, int] = {}  # leading blocks of each request already cached
         self.prefix_queries = 0  # prompt tokens looked up
         self.prefix_hits = 0  # of which found cached
 
@@ -157,16 +158,21 @@ class KVCacheManager:
         # The tokens are computed by the end of this step; a request scheduled later in the
         # same step may already hit them, since every layer writes K/V before attending.
         num_full = min(num_tokens, request.num_tokens) // self.block_size
+        start = self.num_registered.get(request.request_id, 0)
+        if num_full <= start:
+            return
         hashes = self._hashes(request)
-        for i in range(num_full):
+        for i in range(start, num_full):
             if blocks[i].block_hash is None:
                 self.pool.register(blocks[i], hashes[i])
+        self.num_registered[request.request_id] = num_full
 
     def free(self, request: Request) -> None:
         """Release the request's blocks; the tail goes first so the common prefix stays cached."""
         blocks = self.req_blocks.pop(request.request_id, [])
         self.pool.release(reversed(blocks))
         self.req_hashes.pop(request.request_id, None)
+        self.num_registered.pop(request.request_id, None)
 
     def reset_prefix_cache(self) -> None:
         self.pool.evict_all_cached()

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from octavo.backend import ScheduledRequest
 from octavo.sampling_params import SamplingParams
 
 
@@ -27,12 +28,13 @@ class SamplingMetadata:
     max_num_logprobs: int | None
 
     @classmethod
-    def build(cls, params: list[SamplingParams], prompts: list[list[int]], outputs: list[list[int]],
-              eos_ids: list[int | None], generators: dict[int, torch.Generator],
+    def build(cls, reqs: list[ScheduledRequest], generators: dict[int, torch.Generator],
               device: torch.device) -> SamplingMetadata:
+        """O(requests) per step; token lists are copied only when penalties need them."""
         def col(values, dtype):
             return torch.tensor(values, dtype=dtype, device=device)
 
+        params = [r.sampling_params for r in reqs]
         greedy = [p.greedy for p in params]
         all_greedy = all(greedy)
         random_rows = [p for p in params if not p.greedy]
@@ -56,14 +58,15 @@ class SamplingMetadata:
             md.penalties = (col([p.presence_penalty for p in params], torch.float32),
                             col([p.frequency_penalty for p in params], torch.float32),
                             col([p.repetition_penalty for p in params], torch.float32))
-            md.prompt_token_ids, md.output_token_ids = prompts, outputs
+            md.prompt_token_ids = [r.token_ids[:r.num_prompt_tokens] for r in reqs]
+            md.output_token_ids = [r.output_token_ids for r in reqs]
         md.bias = _sparse([(i, t, v) for i, p in enumerate(params) for t, v in (p.logit_bias or {}).items()],
                           device, with_values=True)
         md.allowed = _sparse([(i, t) for i, p in enumerate(params) for t in (p.allowed_token_ids or ())],
                              device)
-        md.blocked = _sparse([(i, t) for i, p in enumerate(params)
-                              if len(outputs[i]) < p.min_tokens
-                              for t in _stop_ids(p, eos_ids[i])], device)
+        md.blocked = _sparse([(i, t) for i, r in enumerate(reqs)
+                              if len(r.token_ids) - r.num_prompt_tokens < r.sampling_params.min_tokens
+                              for t in _stop_ids(r.sampling_params, r.eos_token_id)], device)
         return md
 
 

@@ -82,12 +82,7 @@ class ModelRunner:
             return out
         logits = self.model.compute_logits(hidden[inputs.logits_indices.to(self.device)])
         reqs = [batch.requests[i] for i in inputs.sample_rows]
-        md = SamplingMetadata.build(
-            [r.sampling_params for r in reqs],
-            [r.token_ids[:r.num_prompt_tokens] for r in reqs],
-            [r.output_token_ids for r in reqs],
-            [r.eos_token_id for r in reqs],
-            self._generators(reqs), self.device)
+        md = SamplingMetadata.build(reqs, self._generators(reqs), self.device)
         sampled = self.sampler(logits, md)
         token_ids = sampled.token_ids.tolist()
         for row, token in zip(inputs.sample_rows, token_ids):
