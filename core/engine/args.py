@@ -24,6 +24,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-threads", type=int, default=None, help="CPU threads for compute")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-logprobs", type=int, default=20)
+    gpu = parser.add_argument_group("gpu")
+    gpu.add_argument("--gpu-memory-utilization", type=float, default=None,
+                     help="fraction of GPU memory for weights, activations and KV cache (default 0.9)")
+    gpu.add_argument("--cuda-graph-sizes", type=int, nargs="+", default=None, metavar="N",
+                     help="decode batch sizes to capture as CUDA graphs")
+    gpu.add_argument("--enforce-eager", action="store_true", help="never capture CUDA graphs")
 
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -43,4 +49,15 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         num_kv_blocks=args.num_kv_blocks,
         num_threads=args.num_threads,
         max_logprobs=args.max_logprobs,
+        extra=_gpu_extras(args),
     )
+
+
+def _gpu_extras(args: argparse.Namespace) -> dict:
+    """GPU settings travel in `config.extra`: only GPU backends read (and validate) them."""
+    extra = {"enforce_eager": args.enforce_eager}
+    if args.gpu_memory_utilization is not None:
+        extra["gpu_memory_utilization"] = args.gpu_memory_utilization
+    if args.cuda_graph_sizes is not None:
+        extra["cuda_graph_sizes"] = args.cuda_graph_sizes
+    return extra
