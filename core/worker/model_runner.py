@@ -73,9 +73,7 @@ class ModelRunner:
         if not batch.requests:
             return ModelRunnerOutput([])
         inputs = prepare_inputs(batch)
-        ctx = ForwardContext(self.attn, self.attn.build_metadata(inputs.layout, self.device))
-        hidden = self.model(inputs.input_ids.to(self.device, non_blocking=True),
-                            inputs.positions.to(self.device, non_blocking=True), ctx)
+        hidden = self.forward(inputs)
         out = ModelRunnerOutput([-1] * len(batch.requests))
         self._prompt_logprobs(batch, inputs, hidden, out)
         if not inputs.sample_rows:
@@ -90,6 +88,12 @@ class ModelRunner:
         if sampled.logprobs is not None:
             self._collect_logprobs(reqs, sampled, out)
         return out
+
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Hidden states of the step's tokens. Backends override it to replay captured graphs."""
+        ctx = ForwardContext(self.attn, self.attn.build_metadata(inputs.layout, self.device))
+        return self.model(inputs.input_ids.to(self.device, non_blocking=True),
+                          inputs.positions.to(self.device, non_blocking=True), ctx)
 
     def _generators(self, reqs: list[ScheduledRequest]) -> dict[int, torch.Generator]:
         gens = {}

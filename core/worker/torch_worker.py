@@ -11,7 +11,10 @@ from octavo.worker.model_runner import ModelRunner
 
 
 class TorchWorker(Worker):
-    """Subclasses decide how many KV blocks fit (`num_kv_blocks`) and may add warm-up."""
+    """Subclasses decide how many KV blocks fit (`num_kv_blocks`), may add warm-up, and may
+    bring their own ModelRunner subclass (`runner_class`), e.g. one that replays graphs."""
+
+    runner_class: type[ModelRunner] = ModelRunner
 
     def __init__(self, config: EngineConfig, backend: Backend, device: torch.device,
                  attention: AttentionBackend):
@@ -39,7 +42,7 @@ class TorchWorker(Worker):
                 shape = self.attention.kv_cache_shape(num_blocks, block_size, module.spec.num_kv_heads,
                                                       module.spec.head_dim)
                 module.kv_cache = torch.zeros(shape, dtype=self.kv_cache_dtype(), device=self.device)
-        self.runner = ModelRunner(self.model, self.attention, self.device, self.backend.sampler_ops())
+        self.runner = self.runner_class(self.model, self.attention, self.device, self.backend.sampler_ops())
 
     def execute(self, batch: SchedulerOutput) -> ModelRunnerOutput:
         return self.runner.execute(batch)
