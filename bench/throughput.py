@@ -84,7 +84,8 @@ def prompt_sha(prompts: list[list[int]]) -> str:
 def make_octavo(args):
     from octavo import LLM, SamplingParams
 
-    kwargs = dict(model=args.model, dtype="bfloat16")
+    kwargs = dict(model=args.model, dtype="bfloat16", device=args.device, max_num_seqs=args.max_num_seqs,
+                  extra={"enforce_eager": args.enforce_eager})
     if args.max_model_len:
         kwargs["max_model_len"] = args.max_model_len
     llm = LLM(**kwargs)
@@ -243,6 +244,9 @@ def parse_args(argv=None):
                    help="HF generate batch size; a comma list (16,32,64) measures each")
     p.add_argument("--warmup-prompts", type=int, default=8)
     p.add_argument("--max-model-len", type=int, default=0, help="octavo/vllm context limit (0: engine default; vllm 2048)")
+    p.add_argument("--device", default="auto", help="octavo: the device to run on")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="octavo: most requests in one step")
+    p.add_argument("--enforce-eager", action="store_true", help="octavo on GPUs: no CUDA graphs")
     p.add_argument("--threads", type=int, default=0, help="HF: torch threads (0: torch default)")
     p.add_argument("--tag", default="", help="free text copied into every JSON line")
     p.add_argument("--output", help="also append the JSON lines to this file")

@@ -5,15 +5,9 @@ What it adds to TorchWorker:
   `config.kv_cache_memory`, else a profile step at the largest batch the scheduler can send
   (`profile_batch`) and `config.extra["gpu_memory_utilization"]` (default 0.9) of the device
   (arithmetic in `memory.py`).
-- CUDA graphs for decode (designed, not captured yet): `config.extra["cuda_graph_sizes"]`
-  (normalized by the backend's check_and_update_config; empty when
-  `config.extra["enforce_eager"]`) lists decode batch sizes. Per size the worker will keep
-  static input ids / positions / `TritonMetadata` buffers, capture one forward in warm_up, and
-  pad a decode batch up to the next captured size at run time (`TritonMetadata.copy_` pads
-  requests with empty ones and tokens with slot -1, which the kernels skip). The kernels are
-  capture-safe: grids depend only on token and request counts, `forward` never syncs. Capture
-  needs a TorchWorker hook that runs the model on given device tensors (ids, positions,
-  metadata) without the sampler; until the core has one, decode runs eagerly.
+- CUDA graphs for decode steps (`cuda_graphs.CudaGraphRunner`), captured in `warm_up` for
+  `config.extra["cuda_graph_sizes"]` (normalized by the backend's check_and_update_config;
+  empty when `config.extra["enforce_eager"]`).
 """
 from __future__ import annotations
 
@@ -23,6 +17,7 @@ from octavo.backend import AttentionBackend, Backend, ScheduledRequest, Schedule
 from octavo.config import EngineConfig
 from octavo.sampling_params import SamplingParams
 from octavo.worker import TorchWorker
+from octavo_cuda.cuda_graphs import CudaGraphRunner
 from octavo_cuda.memory import MemorySample, kv_cache_bytes, num_blocks_for
 
 
@@ -64,6 +59,8 @@ def _sample(device: torch.device) -> MemorySample:
 
 
 class CudaWorker(TorchWorker):
+    runner_class = CudaGraphRunner
+
     def __init__(self, config: EngineConfig, backend: Backend, device: torch.device,
                  attention: AttentionBackend) -> None:
         super().__init__(config, backend, device, attention)
@@ -86,6 +83,11 @@ class CudaWorker(TorchWorker):
         after = _sample(self.device)
         utilization = float(self.config.extra.get("gpu_memory_utilization", 0.9))
         return num_blocks_for(kv_cache_bytes(self._mem_start, after, peak, utilization), per_block)
+
+    def warm_up(self) -> None:
+        sizes = self.config.extra.get("cuda_graph_sizes")
+        if sizes:
+            self.runner.capture(sizes, self.model_config.max_model_len, self.config.block_size)
 
     def shutdown(self) -> None:
         super().shutdown()
