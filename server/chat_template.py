@@ -6,6 +6,7 @@ from typing import Any
 
 from octavo.server.errors import bad_request
 from octavo.server.protocol import ChatMessage
+from octavo.server.tool_calls import arguments_as_objects
 
 # apply_chat_template arguments a request's chat_template_kwargs may not override.
 _RESERVED = frozenset({
@@ -51,6 +52,8 @@ def conversation(messages: list[ChatMessage]) -> list[dict[str, Any]]:
             value = getattr(msg, key)
             if value is not None:
                 entry[key] = value
+        if msg.tool_calls:
+            entry["tool_calls"] = arguments_as_objects(msg.tool_calls)
         out.append(entry)
     return out
 

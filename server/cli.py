@@ -58,6 +58,13 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--uvicorn-log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug", "trace"])
     g.add_argument("--disable-uvicorn-access-log", action="store_true", default=False)
+    t = parser.add_argument_group("tool calling")
+    t.add_argument("--enable-auto-tool-choice", action="store_true", default=False,
+                   help='tool_choice "auto": find calls in the output with --tool-call-parser')
+    t.add_argument("--tool-call-parser", default=None, metavar="NAME",
+                   help="hermes, mistral, llama3_json, pythonic, qwen2_5, or one a plugin registers")
+    t.add_argument("--tool-parser-plugin", default=None, metavar="FILE",
+                   help="Python file that registers a parser with @ToolParserManager.register(name)")
     add_engine_args(parser)
 
 
@@ -146,6 +153,7 @@ def build_settings(args: argparse.Namespace):
     except (OSError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return ServerSettings(
+        tool_parser=_tool_parser(args),
         served_model_names=args.served_model_name or [default_model_name(args.model)],
         model_root=args.model or "SmolLM2-135M-Instruct (embedded)",
         response_role=args.response_role,
@@ -158,6 +166,25 @@ def build_settings(args: argparse.Namespace):
         log_requests=not args.disable_log_requests,
         log_stats=not args.disable_log_stats,
     )
+
+
+def _tool_parser(args: argparse.Namespace):
+    """The parser class for tool_choice "auto", checked at startup (None when not enabled)."""
+    from octavo.server.tool_parsers import ToolParserManager
+
+    if args.tool_parser_plugin:
+        try:
+            ToolParserManager.import_plugin(args.tool_parser_plugin)
+        except Exception as exc:  # noqa: BLE001 - any error in the user's file is a config error
+            raise ConfigError(f"--tool-parser-plugin {args.tool_parser_plugin}: {type(exc).__name__}: {exc}") from None
+    if not args.enable_auto_tool_choice:
+        return None
+    if not args.tool_call_parser:
+        raise ConfigError("--enable-auto-tool-choice needs --tool-call-parser")
+    try:
+        return ToolParserManager.get(args.tool_call_parser)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def run_serve(args: argparse.Namespace) -> int:

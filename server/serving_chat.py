@@ -15,6 +15,7 @@ from octavo.server.protocol import (ChatChoiceLogprobs, ChatCompletionChoice, Ch
 from octavo.server.serving_common import (DONE, check_token_ids, encode, new_request_id, sse_chunk, sse_error,
                                           streaming_response, usage, warn_unknown_fields)
 from octavo.server.state import ServerState
+from octavo.server.tool_calls import Extracted, ToolPlan, plan_tools, with_tools
 from octavo.server.tracking import EngineStream, merge, start_all, unless_disconnected
 
 ENDPOINT = "/v1/chat/completions"
@@ -25,8 +26,6 @@ def _check(req: ChatCompletionRequest) -> None:
     if req.response_format is not None and req.response_format.type != "text":
         raise bad_request(f"response_format type {req.response_format.type!r} is not supported yet "
                           "(only 'text')", "response_format")
-    if req.tool_choice not in (None, "none", "auto"):
-        raise bad_request("only tool_choice 'none' and 'auto' are supported", "tool_choice")
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
     if req.top_logprobs is not None and req.top_logprobs < 0:
@@ -52,6 +51,7 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
     model = state.check_model(req.model)
     warn_unknown_fields(req, ENDPOINT)
     _check(req)
+    tools = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, state.settings.tool_parser)
     conv, ids = render_prompt(state, req)
     check_token_ids(ids, state.vocab_size, "messages")
     ids = sampling.truncate(ids, req.truncate_prompt_tokens, state.max_model_len)
@@ -63,6 +63,7 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     params = sampling.build(req, max_tokens=max_tokens, logprobs=logprobs, vocab_size=state.vocab_size,
                             stream=bool(req.stream))
+    params = with_tools(params, tools)
     role = state.settings.response_role if req.add_generation_prompt is not False else conv[-1]["role"]
     echo = ""
     if req.echo and conv[-1].get("role") == role:
@@ -71,7 +72,7 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
     stream = EngineStream(state.engine, {"prompt_token_ids": ids}, params, request_id, state.metrics,
                           state.settings.log_requests, ENDPOINT)
     await start_all([stream])
-    job = _Chat(state, req, model, request_id, stream, role, echo, len(ids))
+    job = _Chat(state, req, model, request_id, stream, role, echo, len(ids), tools)
     if req.stream:
         return streaming_response(job.stream())
     return await unless_disconnected(raw, job.full())
@@ -79,10 +80,11 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
 
 class _Chat:
     def __init__(self, state: ServerState, req: ChatCompletionRequest, model: str, request_id: str,
-                 engine_stream: EngineStream, role: str, echo: str, prompt_tokens: int):
+                 engine_stream: EngineStream, role: str, echo: str, prompt_tokens: int, tools: ToolPlan):
         self.state, self.req, self.model, self.request_id = state, req, model, request_id
         self.engine_stream, self.role, self.echo, self.prompt_tokens = engine_stream, role, echo, prompt_tokens
         self.n = req.n or 1
+        self.extractors = {i: tools.extractor() for i in range(self.n)}
         self.created = int(time.time())
 
     def _logprobs(self, token_ids, positions) -> list | None:
@@ -99,10 +101,14 @@ class _Chat:
         for c in final.outputs:
             completion_tokens += len(c.token_ids)
             content = self._logprobs(c.token_ids, c.logprobs)
+            extractor = self.extractors[c.index]
+            found = extractor.full(c.text) if extractor else Extracted(c.text)
+            text = self.echo + found.content if found.content is not None else None
             choices.append(ChatCompletionChoice(
-                index=c.index, message=ChatResponseMessage(role=self.role, content=self.echo + c.text),
+                index=c.index, message=ChatResponseMessage(role=self.role, content=text, tool_calls=found.tool_calls),
                 logprobs=ChatChoiceLogprobs(content=content) if content is not None else None,
-                finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                finish_reason=extractor.finish_reason(c.finish_reason) if extractor else c.finish_reason,
+                stop_reason=c.stop_reason,
                 token_ids=list(c.token_ids) if self.req.return_token_ids else None))
         choices.sort(key=lambda c: c.index)
         return ChatCompletionResponse(
@@ -151,14 +157,29 @@ class _Chat:
     def _stream_chunk(self, c) -> str | None:
         """The SSE event for one sequence's delta, or None when there is nothing to send."""
         self._tokens[c.index] = self._tokens.get(c.index, 0) + len(c.token_ids)
-        if c.finish_reason is None and not c.text and not (c.token_ids and (self.req.logprobs or self.req.return_token_ids)):
-            return None  # text held back (partial character or stop string): nothing to send
+        delta, finish_reason = self._delta(c)
+        if c.finish_reason is None and not delta and not (c.token_ids and (self.req.logprobs or self.req.return_token_ids)):
+            return None  # text held back (partial character, stop string, tool call): nothing to send
         content = self._logprobs(c.token_ids, c.logprobs)
-        choice = {"index": c.index, "delta": {"content": c.text} if c.text else {},
+        choice = {"index": c.index, "delta": delta,
                   "logprobs": {"content": content} if content is not None else None,
-                  "finish_reason": c.finish_reason}
+                  "finish_reason": finish_reason}
         if c.finish_reason is not None:
             choice["stop_reason"] = c.stop_reason
         if self.req.return_token_ids:
             choice["token_ids"] = list(c.token_ids)
         return self._chunk([choice], self._live_usage(c.index))
+
+    def _delta(self, c) -> tuple[dict, str | None]:
+        """The OpenAI delta of this text and the finish reason; tool calls come out of the text."""
+        extractor = self.extractors[c.index]
+        if extractor is None:
+            return ({"content": c.text} if c.text else {}), c.finish_reason
+        found = extractor.stream(c.text)
+        if c.finish_reason is not None:
+            rest = extractor.finish()
+            found = Extracted((found.content or "") + (rest.content or "") or None, found.tool_calls + rest.tool_calls)
+        delta: dict = {"content": found.content} if found.content else {}
+        if found.tool_calls:
+            delta["tool_calls"] = found.tool_calls
+        return delta, extractor.finish_reason(c.finish_reason)

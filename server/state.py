@@ -22,6 +22,7 @@ class ServerSettings:
     log_requests: bool = True
     log_stats: bool = True
     stats_interval: float = 10.0
+    tool_parser: type | None = None  # a ToolParser class: tool_choice "auto" is enabled
 
 
 def default_model_name(model: str | None) -> str:

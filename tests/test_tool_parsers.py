@@ -73,6 +73,17 @@ QWEN_FENCED = [
      E('```json\n{"name": "get_time", "arguments": {}\n```')),
     ("tag_and_fence", '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>\n```json\n'
                       '{"name": "get_weather", "arguments": {"city": "Paris"}}\n```', E(None, TIME, WEATHER)),
+    # Qwen2.5-Coder-0.5B at temperature 0 answers with nothing but the object (seen on the real model).
+    ("bare_object", '{"name": "get_weather", "arguments": {"city": "Paris"}}', E(None, WEATHER)),
+    ("bare_object_whitespace", '\n {"name": "get_weather", "arguments": {"city": "Paris"}}\n', E(None, WEATHER)),
+    ("bare_list", '[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {}}]',
+     E(None, WEATHER, TIME)),
+    ("bare_then_text", '{"name": "get_weather", "arguments": {"city": "Paris"}} done',
+     E('{"name": "get_weather", "arguments": {"city": "Paris"}} done')),
+    ("bare_without_arguments", '{"name": "get_weather"}', E('{"name": "get_weather"}')),
+    ("bare_json_data", '{"city": "Paris"}', E('{"city": "Paris"}')),
+    ("bare_not_at_start", 'Call: {"name": "get_weather", "arguments": {"city": "Paris"}}',
+     E('Call: {"name": "get_weather", "arguments": {"city": "Paris"}}')),
 ]
 
 MISTRAL = [

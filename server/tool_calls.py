@@ -1,0 +1,288 @@
+"""Tool calling on /v1/chat/completions.
+
+`plan_tools` checks `tools` and `tool_choice` (bad ones get a 400) and says what the request
+does with them:
+- none: tools only reach the chat template;
+- named / required: generation is constrained by guided decoding to the tool's parameters
+  (named) or to a JSON list of {"name", "parameters"} objects (required), so calls are valid;
+- auto: the server's `--tool-call-parser` finds calls in free text.
+Each choice of the response gets its own `ToolCallExtractor`, which turns generated text
+into OpenAI tool calls, whole (`full`) or as stream deltas (`stream`, then `finish`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import partial_json_parser
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
+
+from octavo.sampling_params import SamplingParams
+from octavo.server.errors import bad_request
+from octavo.server.tool_parsers import ToolParser
+from octavo.structured_output import StructuredOutputParams
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CHOICES = ("none", "auto", "required")
+
+
+def make_tool_call_id() -> str:
+    """OpenAI's shape: "call_" and 24 characters."""
+    return "call_" + secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class ToolPlan:
+    choice: str  # none | auto | named | required
+    tools: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> parameters schema
+    named: str | None = None
+    parser_cls: type[ToolParser] | None = None
+    parallel: bool = True
+
+    def structured_outputs(self) -> StructuredOutputParams | None:
+        """The guided-decoding constraint that makes named and required calls valid."""
+        if self.choice == "named":
+            return StructuredOutputParams(json=self.tools[self.named])
+        if self.choice == "required":
+            items = [{"type": "object", "properties": {"name": {"type": "string", "enum": [name]},
+                                                       "parameters": schema},
+                      "required": ["name", "parameters"]} for name, schema in self.tools.items()]
+            schema = {"type": "array", "minItems": 1, "items": {"anyOf": items}}
+            if not self.parallel:
+                schema["maxItems"] = 1
+            return StructuredOutputParams(json=schema)
+        return None
+
+    def extractor(self) -> ToolCallExtractor | None:
+        if self.choice == "named":
+            return NamedCall(self.named)
+        if self.choice == "required":
+            return RequiredCalls()
+        if self.choice == "auto" and self.parser_cls is not None:
+            return ParsedCalls(self.parser_cls(None))
+        return None
+
+
+def with_tools(params: SamplingParams, plan: ToolPlan) -> SamplingParams:
+    """Guided JSON for named and required choices; special tokens kept where the parser reads them."""
+    constraint = plan.structured_outputs()
+    if constraint is not None:
+        if params.structured_outputs is not None:
+            raise bad_request(f"tool_choice {plan.choice!r} constrains the output itself and cannot be "
+                              "combined with response_format or guided decoding", "tool_choice")
+        return dataclasses.replace(params, structured_outputs=constraint)
+    if plan.choice == "auto" and not plan.parser_cls.skip_special_tokens:
+        return dataclasses.replace(params, skip_special_tokens=False)
+    return params
+
+
+def plan_tools(tools: list[dict] | None, tool_choice: str | dict | None, parallel_tool_calls: bool | None,
+               parser_cls: type[ToolParser] | None) -> ToolPlan:
+    schemas = _check_tools(tools) if tools is not None else {}
+    parallel = parallel_tool_calls is not False
+    if tool_choice is None:  # OpenAI's default: auto with tools; here auto needs a parser
+        choice = "auto" if schemas and parser_cls is not None else "none"
+        return ToolPlan(choice, schemas, parser_cls=parser_cls, parallel=parallel)
+    if isinstance(tool_choice, dict):
+        name = _named_choice(tool_choice)
+        if not schemas:
+            raise bad_request("tool_choice names a function but no tools were given", "tool_choice")
+        if name not in schemas:
+            raise bad_request(f"tool_choice names {name!r}, which is not among the tools "
+                              f"({', '.join(schemas)})", "tool_choice")
+        return ToolPlan("named", schemas, named=name, parallel=parallel)
+    if tool_choice not in CHOICES:
+        raise bad_request(f"tool_choice must be one of {', '.join(CHOICES)} or a named function, "
+                          f"got {tool_choice!r}", "tool_choice")
+    if tool_choice != "none" and not schemas:
+        raise bad_request(f"tool_choice {tool_choice!r} needs tools", "tool_choice")
+    if tool_choice == "auto" and parser_cls is None:
+        raise bad_request('"auto" tool choice requires the server to run with --enable-auto-tool-choice '
+                          "and --tool-call-parser", "tool_choice")
+    return ToolPlan(tool_choice, schemas, parser_cls=parser_cls, parallel=parallel)
+
+
+def _named_choice(tool_choice: dict) -> str:
+    function = tool_choice.get("function")
+    if tool_choice.get("type") != "function" or not isinstance(function, dict) \
+            or not isinstance(function.get("name"), str):
+        raise bad_request('a named tool_choice is {"type": "function", "function": {"name": ...}}',
+                          "tool_choice")
+    return function["name"]
+
+
+def _check_tools(tools: list[dict]) -> dict[str, dict[str, Any]]:
+    """name -> parameters schema; 400 for malformed tools, bad schemas and duplicate names."""
+    if not tools:
+        raise bad_request("tools must hold at least one tool (or be left out)", "tools")
+    schemas: dict[str, dict[str, Any]] = {}
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        function = tool.get("function")
+        if tool.get("type") != "function" or not isinstance(function, dict):
+            raise bad_request(f'{where} must be {{"type": "function", "function": {{...}}}}', where)
+        name = function.get("name")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise bad_request(f"{where}.function.name must be 1-64 letters, digits, '_' or '-', got {name!r}",
+                              f"{where}.function.name")
+        if name in schemas:
+            raise bad_request(f"{where}: duplicate tool name {name!r}", f"{where}.function.name")
+        schemas[name] = _check_schema(function.get("parameters"), f"{where}.function.parameters")
+    return schemas
+
+
+def _check_schema(schema: Any, where: str) -> dict[str, Any]:
+    if schema is None:
+        return {"type": "object"}
+    if not isinstance(schema, dict):
+        raise bad_request(f"{where} must be a JSON schema object", where)
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise bad_request(f"{where} is not a valid JSON schema: {exc.message}", where) from None
+    return schema
+
+
+# ------------------------------------------------------------------------------ extraction
+
+@dataclass(slots=True)
+class Extracted:
+    """Content and OpenAI tool calls (whole, or this delta's part of them)."""
+
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ToolCallExtractor:
+    """Per choice. Streamed deltas concatenate to what `full` gives for the same text."""
+
+    def __init__(self) -> None:
+        self.ids: dict[int, str] = {}
+
+    def full(self, text: str) -> Extracted:
+        raise NotImplementedError
+
+    def stream(self, delta_text: str) -> Extracted:
+        raise NotImplementedError
+
+    def finish(self) -> Extracted:
+        return Extracted()
+
+    @property
+    def called(self) -> bool:
+        return bool(self.ids)
+
+    def finish_reason(self, reason: str | None) -> str | None:
+        return "tool_calls" if reason == "stop" and self.called else reason
+
+    def call(self, index: int, name: str | None, arguments: str | None) -> dict[str, Any]:
+        """A call's OpenAI delta: the first one of an index carries id, type and name."""
+        function = {"arguments": arguments} if arguments is not None else {}
+        if index in self.ids:
+            return {"index": index, "function": function}
+        self.ids[index] = make_tool_call_id()
+        return {"index": index, "id": self.ids[index], "type": "function", "function": {"name": name, **function}}
+
+
+class NamedCall(ToolCallExtractor):
+    """tool_choice names the function: the whole output is its arguments (guided JSON)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def full(self, text: str) -> Extracted:
+        return Extracted(None, [self.call(0, self.name, text)])
+
+    def stream(self, delta_text: str) -> Extracted:
+        if not delta_text and self.called:
+            return Extracted()
+        return Extracted(None, [self.call(0, self.name, delta_text)])
+
+    def finish_reason(self, reason: str | None) -> str | None:
+        return reason  # OpenAI: a forced function ends with "stop"
+
+
+class RequiredCalls(ToolCallExtractor):
+    """tool_choice "required": the output is a guided JSON list of {"name", "parameters"}.
+
+    Streaming sends each call once its object is complete (the next one has begun or the
+    list is closed): partial JSON parsing says how many objects the text holds so far."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = ""
+
+    def full(self, text: str) -> Extracted:
+        try:
+            calls = json.loads(text)
+        except ValueError:  # cut short (max_tokens): no valid list
+            return Extracted(text)
+        return Extracted(None, [self._call(i, c) for i, c in enumerate(calls)])
+
+    def stream(self, delta_text: str) -> Extracted:
+        self.text += delta_text
+        try:
+            calls = partial_json_parser.loads(self.text)
+        except Exception:  # noqa: BLE001 - nothing parseable yet
+            return Extracted()
+        if not isinstance(calls, list):
+            return Extracted()
+        complete = len(calls) - 1 if not self.text.rstrip().endswith("]") else len(calls)
+        return Extracted(None, [self._call(i, calls[i]) for i in range(len(self.ids), complete)])
+
+    def finish(self) -> Extracted:
+        try:
+            calls = json.loads(self.text)
+        except ValueError:
+            return Extracted()
+        return Extracted(None, [self._call(i, calls[i]) for i in range(len(self.ids), len(calls))])
+
+    def _call(self, index: int, call: dict) -> dict[str, Any]:
+        return self.call(index, call["name"], json.dumps(call["parameters"], ensure_ascii=False))
+
+
+class ParsedCalls(ToolCallExtractor):
+    """tool_choice "auto": the server's tool parser finds calls in the model's own format."""
+
+    def __init__(self, parser: ToolParser) -> None:
+        super().__init__()
+        self.parser = parser
+
+    def full(self, text: str) -> Extracted:
+        found = self.parser.extract_tool_calls(text)
+        if not found.tools_called:
+            return Extracted(text)
+        return Extracted(found.content, [self.call(i, c.name, c.arguments) for i, c in enumerate(found.tool_calls)])
+
+    def stream(self, delta_text: str) -> Extracted:
+        return self._delta(self.parser.extract_tool_calls_streaming(delta_text))
+
+    def finish(self) -> Extracted:
+        return self._delta(self.parser.finish())
+
+    def _delta(self, delta) -> Extracted:
+        if delta is None:
+            return Extracted()
+        return Extracted(delta.content, [self.call(d.index, d.name, d.arguments) for d in delta.tool_calls])
+
+
+def arguments_as_objects(tool_calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Assistant tool calls for a chat template: OpenAI sends `arguments` as a JSON string,
+    templates (Qwen's, Llama's, Mistral's) expect the object, as vLLM renders them."""
+    out = []
+    for call in tool_calls:
+        function = call.get("function")
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            try:
+                arguments = json.loads(function["arguments"])
+            except ValueError:
+                arguments = function["arguments"]
+            call = {**call, "function": {**function, "arguments": arguments}}
+        out.append(call)
+    return out
