@@ -158,3 +158,23 @@ def test_bench_serve_chat_given_prompts_at_a_request_rate(live_server, tmp_path)
     run = json.loads(result.read_text())["runs"][0]
     assert run["completed"] == 6 and run["total_output_tokens"] == 30 and run["request_rate"] == 50
     assert run["total_input_tokens"] > 6 * 5  # from the server's usage: the chat-templated given prompts
+
+
+def test_tool_calling_flags(tmp_path):
+    assert build_settings(parse(["serve"])).tool_parser is None
+    settings = build_settings(parse(["serve", "--enable-auto-tool-choice", "--tool-call-parser", "mistral"]))
+    assert settings.tool_parser.__name__ == "MistralToolParser"
+    with pytest.raises(ConfigError, match="needs --tool-call-parser"):
+        build_settings(parse(["serve", "--enable-auto-tool-choice"]))
+    with pytest.raises(ConfigError, match="unknown tool parser 'nope'; known: hermes"):
+        build_settings(parse(["serve", "--enable-auto-tool-choice", "--tool-call-parser", "nope"]))
+    plugin = tmp_path / "my_parser.py"
+    plugin.write_text("from octavo.server.tool_parsers import ToolParser, ToolParserManager\n\n"
+                      "@ToolParserManager.register('mine')\nclass Mine(ToolParser):\n    markers = ('<<',)\n")
+    settings = build_settings(parse(["serve", "--tool-parser-plugin", str(plugin), "--enable-auto-tool-choice",
+                                     "--tool-call-parser", "mine"]))
+    assert settings.tool_parser.__name__ == "Mine"
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(ConfigError, match="--tool-parser-plugin .*boom"):
+        build_settings(parse(["serve", "--tool-parser-plugin", str(broken)]))
