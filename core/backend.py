@@ -1,4 +1,4 @@
-"""The backend contract, version 1: everything a device package implements, in one place.
+"""The backend contract, version 3: everything a device package implements, in one place.
 
 A backend package registers one `Backend` subclass under the entry-point group
 `octavo.backends`. The core talks to a device only through the classes below, and a backend
@@ -13,8 +13,9 @@ its physical layout (`AttentionBackend.kv_cache_shape`) and how many blocks fit
 (`Worker.num_kv_blocks`).
 
 Backends whose model runs as torch modules on a torch device reuse the core's
-`octavo.worker.TorchWorker` and supply an `AttentionBackend`; backends with their own
-graph runtime implement `Worker` themselves.
+`octavo.worker.TorchWorker` and supply an `AttentionBackend`, and may fuse the models' norms
+and rotary embeddings (`Backend.layer_ops`); backends with their own graph runtime implement
+`Worker` themselves.
 """
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ import torch
 
 if TYPE_CHECKING:
     from octavo.config import EngineConfig, ModelConfig
+    from octavo.models.ops import LayerOps
     from octavo.sample.ops import SamplerOps
     from octavo.sampling_params import SamplingParams
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 3  # 2: SchedulerOutput.grammar_bitmask / grammar_rows; 3: Backend.layer_ops
 ENTRY_POINT_GROUP = "octavo.backends"
 
 
@@ -224,3 +226,10 @@ class Backend(ABC):
         from octavo.sample.ops import SamplerOps
 
         return SamplerOps()
+
+    def layer_ops(self) -> LayerOps:
+        """The core models' RMSNorms (with the residual add before them) and rotary embeddings;
+        `TorchWorker` builds the model with these. Override with fused kernels."""
+        from octavo.models.ops import LayerOps
+
+        return LayerOps()

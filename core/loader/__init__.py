@@ -14,6 +14,7 @@ from octavo.loader import gguf
 from octavo.models import model_class
 from octavo.models.layers import load_weights
 from octavo.models.llama import head_dim_of
+from octavo.models.ops import LayerOps
 
 
 def resolve_model_path(model: str | None) -> str:
@@ -56,7 +57,8 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def load_model(config: EngineConfig, device: torch.device) -> tuple[nn.Module, ModelConfig]:
+def load_model(config: EngineConfig, device: torch.device, ops: LayerOps) -> tuple[nn.Module, ModelConfig]:
+    """Build the model on `device`, its norms and rotary embeddings computing with `ops`."""
     path = resolve_model_path(config.model)
     hf_config = load_hf_config(path)
     arch, cls = model_class(hf_config)
@@ -66,7 +68,7 @@ def load_model(config: EngineConfig, device: torch.device) -> tuple[nn.Module, M
         raise ConfigError(f"max_model_len {max_model_len} exceeds the model's "
                           f"max_position_embeddings {max_positions}")
     with _default_dtype(config.dtype), torch.device(device):
-        model = cls(hf_config, max_positions)
+        model = cls(hf_config, max_positions, ops)
     weights = (gguf.iter_gguf_tensors(path, hf_config, config.dtype) if gguf.is_gguf(path)
                else iter_safetensors(path))
     load_weights(model, weights, hf_config.tie_word_embeddings)

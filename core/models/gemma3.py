@@ -7,13 +7,15 @@ from torch import nn
 
 from octavo.backend import AttentionSpec
 from octavo.models.layers import (Attention, ForwardContext, GatedMLP, GemmaRMSNorm, MergedLinear,
-                                  Rope, RotaryEmbedding, apply_rope, rope_inv_freq)
+                                  RotaryEmbedding, rope_inv_freq)
 from octavo.models.llama import head_dim_of, sliding_window_of
+from octavo.models.ops import LayerOps, Rope
 
 
 class Gemma3Attention(nn.Module):
-    def __init__(self, config, layer: int):
+    def __init__(self, config, layer: int, ops: LayerOps):
         super().__init__()
+        self.ops = ops
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = head_dim_of(config)
@@ -21,8 +23,8 @@ class Gemma3Attention(nn.Module):
         self.split = [q_size, kv_size, kv_size]
         self.qkv_proj = MergedLinear(config.hidden_size, self.split, bias=config.attention_bias)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.attention_bias)
-        self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
-        self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps)
+        self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps, ops)
+        self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps, ops)
         self.attn = Attention(AttentionSpec(self.num_heads, self.num_kv_heads, self.head_dim,
                                             scale=config.query_pre_attn_scalar ** -0.5,
                                             sliding_window=sliding_window_of(config, layer),
@@ -33,53 +35,61 @@ class Gemma3Attention(nn.Module):
         q = self.q_norm(q.view(-1, self.num_heads, self.head_dim))
         k = self.k_norm(k.view(-1, self.num_kv_heads, self.head_dim))
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = apply_rope(rope, q, k)
+        q, k = self.ops.rope(rope, q, k)
         out = self.attn(q, k, v, ctx)
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
 
 
 class Gemma3DecoderLayer(nn.Module):
-    def __init__(self, config, layer: int):
+    def __init__(self, config, layer: int, ops: LayerOps):
         super().__init__()
         eps = config.rms_norm_eps
         self.layer_type = config.layer_types[layer]
-        self.self_attn = Gemma3Attention(config, layer)
+        self.self_attn = Gemma3Attention(config, layer, ops)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_activation)
-        self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps)
-        self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps)
-        self.pre_feedforward_layernorm = GemmaRMSNorm(config.hidden_size, eps)
-        self.post_feedforward_layernorm = GemmaRMSNorm(config.hidden_size, eps)
+        self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps, ops)
+        self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps, ops)
+        self.pre_feedforward_layernorm = GemmaRMSNorm(config.hidden_size, eps, ops)
+        self.post_feedforward_layernorm = GemmaRMSNorm(config.hidden_size, eps, ops)
 
-    def forward(self, rope: Rope, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = x + self.post_attention_layernorm(self.self_attn(rope, self.input_layernorm(x), ctx))
-        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+    def forward(self, rope: Rope, x: torch.Tensor, residual: torch.Tensor | None,
+                ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `LlamaDecoderLayer.forward`; the sandwich norms after each sublayer stay unfused."""
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.post_attention_layernorm(self.self_attn(rope, x, ctx))
+        x, residual = self.pre_feedforward_layernorm(x, residual)
+        return self.post_feedforward_layernorm(self.mlp(x)), residual
 
 
 class Gemma3Model(nn.Module):
-    def __init__(self, config, max_positions: int):
+    def __init__(self, config, max_positions: int, ops: LayerOps):
         super().__init__()
         head_dim = head_dim_of(config)
-        self.rotary = nn.ModuleDict({kind: RotaryEmbedding(*rope_inv_freq(config, head_dim, kind), max_positions)
+        self.rotary = nn.ModuleDict({kind: RotaryEmbedding(*rope_inv_freq(config, head_dim, kind), max_positions, ops)
                                      for kind in sorted(set(config.layer_types))})
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embed_scale = config.hidden_size ** 0.5
-        self.layers = nn.ModuleList(Gemma3DecoderLayer(config, i)
+        self.layers = nn.ModuleList(Gemma3DecoderLayer(config, i, ops)
                                     for i in range(config.num_hidden_layers))
-        self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext):
         x = self.embed_tokens(input_ids)
         x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
         ropes = {kind: rotary(positions, x.dtype) for kind, rotary in self.rotary.items()}
+        residual = None
         for layer in self.layers:
-            x = layer(ropes[layer.layer_type], x, ctx)
-        return self.norm(x)
+            x, residual = layer(ropes[layer.layer_type], x, residual, ctx)
+        return self.norm(x, residual)[0]
 
 
 class Gemma3ForCausalLM(nn.Module):
-    def __init__(self, config, max_positions: int):
+    def __init__(self, config, max_positions: int, ops: LayerOps):
         super().__init__()
-        self.model = Gemma3Model(config, max_positions)
+        self.model = Gemma3Model(config, max_positions, ops)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from octavo.backend import AttentionBackend, AttentionSpec
+from octavo.models.ops import LayerOps, Rope
 
 
 @dataclass(slots=True)
@@ -20,26 +21,28 @@ class ForwardContext:
 
 
 class RMSNorm(nn.Module):
-    """Llama-style: normalise in fp32, cast back, then scale."""
+    """Llama-style: normalise in fp32, cast back, then scale; the math is `LayerOps.rms_norm`.
 
-    def __init__(self, dim: int, eps: float):
+    `norm(x)` returns the normed x; `norm(x, residual)` adds the residual first and returns
+    (normed, new residual), so a backend can fuse the add into the norm's kernel.
+    """
+
+    gemma = False
+
+    def __init__(self, dim: int, eps: float, ops: LayerOps):
         super().__init__()
         self.eps = eps
+        self.ops = ops
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.square().mean(-1, keepdim=True).add_(self.eps))
-        return self.weight * h.to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        return self.ops.rms_norm(x, self.weight, self.eps, residual, self.gemma)
 
 
 class GemmaRMSNorm(RMSNorm):
     """Gemma-style: scale by (1 + w) in fp32, then cast back."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x.float()
-        out = out * torch.rsqrt(out.square().mean(-1, keepdim=True).add_(self.eps))
-        return out.mul_(1.0 + self.weight.float()).type_as(x)
+    gemma = True
 
 
 class MergedLinear(nn.Linear):
@@ -70,32 +73,18 @@ def rope_inv_freq(hf_config, head_dim: int, layer_type: str | None = None) -> tu
 
 
 class RotaryEmbedding(nn.Module):
-    """Neox-style rotary embedding with a cos/sin table indexed by position."""
+    """Neox-style rotary embedding: a cos|sin table by position, applied by `LayerOps.rope`."""
 
-    def __init__(self, inv_freq: torch.Tensor, scaling: float, max_positions: int):
+    def __init__(self, inv_freq: torch.Tensor, scaling: float, max_positions: int, ops: LayerOps):
         super().__init__()
+        self.ops = ops
         freqs = torch.arange(max_positions, dtype=torch.float)[:, None] * inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", emb.cos() * scaling, persistent=False)
-        self.register_buffer("sin", emb.sin() * scaling, persistent=False)
+        self.register_buffer("cos_sin_cache", torch.cat((freqs.cos(), freqs.sin()), dim=-1) * scaling,
+                             persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> Rope:
-        """The step's cos/sin rows, looked up once and shared by every layer."""
-        return self.cos[positions].to(dtype).unsqueeze(1), self.sin[positions].to(dtype).unsqueeze(1)
-
-
-Rope = tuple[torch.Tensor, torch.Tensor]
-
-
-def apply_rope(rope: Rope, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """q [T, H, D], k [T, Hkv, D]."""
-    cos, sin = rope
-    return (q * cos).add_(_rotate_half(q).mul_(sin)), (k * cos).add_(_rotate_half(k).mul_(sin))
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        """The step's rows of the table, looked up once and shared by every layer."""
+        return self.ops.rope_rows(self.cos_sin_cache, positions, dtype)
 
 
 class Attention(nn.Module):

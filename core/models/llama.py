@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from octavo.backend import AttentionSpec
-from octavo.models.layers import (Attention, ForwardContext, GatedMLP, MergedLinear, RMSNorm, Rope,
-                                  RotaryEmbedding, apply_rope, rope_inv_freq)
+from octavo.models.layers import (Attention, ForwardContext, GatedMLP, MergedLinear, RMSNorm, RotaryEmbedding,
+                                  rope_inv_freq)
+from octavo.models.ops import LayerOps, Rope
 
 
 def head_dim_of(config) -> int:
@@ -25,8 +26,9 @@ def sliding_window_of(config, layer: int) -> int | None:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config, layer: int, qk_norm: bool):
+    def __init__(self, config, layer: int, qk_norm: bool, ops: LayerOps):
         super().__init__()
+        self.ops = ops
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = head_dim_of(config)
@@ -35,8 +37,8 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], bias=bias)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=getattr(config, "attention_bias", False))
         self.split = [q_size, kv_size, kv_size]
-        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ops) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ops) if qk_norm else None
         self.attn = Attention(AttentionSpec(self.num_heads, self.num_kv_heads, self.head_dim,
                                             scale=self.head_dim ** -0.5,
                                             sliding_window=sliding_window_of(config, layer)))
@@ -48,47 +50,58 @@ class LlamaAttention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(rope, q, k)
+        q, k = self.ops.rope(rope, q, k)
         out = self.attn(q, k, v, ctx)
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, layer: int, qk_norm: bool):
+    def __init__(self, config, layer: int, qk_norm: bool, ops: LayerOps):
         super().__init__()
-        self.self_attn = LlamaAttention(config, layer, qk_norm)
+        self.self_attn = LlamaAttention(config, layer, qk_norm, ops)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 
-    def forward(self, rope: Rope, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = x + self.self_attn(rope, self.input_layernorm(x), ctx)
-        return x.add_(self.mlp(self.post_attention_layernorm(x)))
+    def forward(self, rope: Rope, x: torch.Tensor, residual: torch.Tensor | None,
+                ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """vLLM's form: each residual add runs inside the norm after it (one kernel where fused).
+
+        x is the last sublayer's output and `residual` the stream it is still to be added to
+        (on the first layer: the embeddings, and None); returns the same pair for the next.
+        """
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x, residual = self.post_attention_layernorm(self.self_attn(rope, x, ctx), residual)
+        return self.mlp(x), residual
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config, max_positions: int):
+    def __init__(self, config, max_positions: int, ops: LayerOps):
         super().__init__()
         qk_norm = config.model_type == "qwen3"
         inv_freq, scaling = rope_inv_freq(config, head_dim_of(config))
-        self.rotary = RotaryEmbedding(inv_freq, scaling, max_positions)
+        self.rotary = RotaryEmbedding(inv_freq, scaling, max_positions, ops)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, qk_norm)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, qk_norm, ops)
                                     for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext):
         x = self.embed_tokens(input_ids)
         rope = self.rotary(positions, x.dtype)
+        residual = None
         for layer in self.layers:
-            x = layer(rope, x, ctx)
-        return self.norm(x)
+            x, residual = layer(rope, x, residual, ctx)
+        return self.norm(x, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config, max_positions: int):
+    def __init__(self, config, max_positions: int, ops: LayerOps):
         super().__init__()
-        self.model = LlamaModel(config, max_positions)
+        self.model = LlamaModel(config, max_positions, ops)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -27,7 +27,7 @@ class TorchWorker(Worker):
         self.runner: ModelRunner | None = None
 
     def load_model(self) -> ModelConfig:
-        self.model, self.model_config = load_model(self.config, self.device)
+        self.model, self.model_config = load_model(self.config, self.device, self.backend.layer_ops())
         return self.model_config
 
     def kv_cache_dtype(self) -> torch.dtype:
