@@ -3,7 +3,9 @@
 Importing this package is cheap (no triton, no CUDA init); kernels load on first use.
 Kernels, one concept per module: `kv_cache` (reshape_and_cache), `paged_attention` (unified
 prefill+decode attention), `rms_norm`, `rotary`; `attention.TritonAttention` implements the
-contract's AttentionBackend with them; `worker.CudaWorker` sizes the KV cache by profiling.
+contract's AttentionBackend with them, `layer_ops.TritonLayerOps` its LayerOps (fused norms,
+residual adds and rotary for the core's models); `worker.CudaWorker` sizes the KV cache by
+profiling and captures CUDA graphs.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from octavo.backend import Availability, Backend
 
 if TYPE_CHECKING:
     from octavo.config import EngineConfig
+    from octavo.models.ops import LayerOps
     from octavo_cuda.launch import LaunchConfig
 
 __version__ = "0.1.0"
@@ -112,6 +115,11 @@ class CudaBackend(Backend):
         from octavo_cuda.attention import TritonAttention
 
         return TritonAttention(self.launch_config())
+
+    def layer_ops(self) -> LayerOps:
+        from octavo_cuda.layer_ops import TritonLayerOps
+
+        return TritonLayerOps(self.launch_config())
 
     def create_worker(self, config: EngineConfig):
         from octavo_cuda.worker import CudaWorker

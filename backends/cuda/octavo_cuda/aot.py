@@ -80,6 +80,7 @@ def variants(launch: LaunchConfig) -> Iterator[tuple[str, Callable[[], Launch]]]
     yield "rms_norm/fp16/gemma/n2304", norm(2304, torch.float16, False, True)
     yield "rms_norm/fp32/n896", norm(896, torch.float32, False, False)
     yield "rotary/bf16/neox/h32/kvh8/d128", rope(32, 8, 128, 128, torch.bfloat16, True)
+    yield "rotary/bf16/neox/h9/kvh3/d64", rope(9, 3, 64, 64, torch.bfloat16, True)  # SmolLM2-135M, heads padded
     yield "rotary/fp16/gptj/partial64/d128", rope(16, 2, 128, 64, torch.float16, False)
 
 

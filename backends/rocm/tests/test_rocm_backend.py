@@ -21,6 +21,7 @@ from octavo.backend import AttentionSpec, Backend, BatchLayout
 from octavo.config import ConfigError, EngineConfig
 from octavo_cuda.attention import TritonAttention
 from octavo_cuda.launch import ROCM_LAUNCH
+from octavo_cuda.layer_ops import TritonLayerOps
 from octavo_cuda.reference import attention_ref, make_paged_batch, reshape_and_cache_ref
 from octavo_rocm import RocmBackend
 
@@ -68,6 +69,8 @@ def test_reuses_cuda_kernels_without_copies():
         assert "triton.jit" not in src.read_text(), f"{src} defines kernels; reuse octavo_cuda's"
     attn = RocmBackend().attention_backend()
     assert type(attn) is TritonAttention and attn.launch is ROCM_LAUNCH
+    ops = RocmBackend().layer_ops()
+    assert type(ops) is TritonLayerOps and ops.launch is ROCM_LAUNCH
 
 
 def test_wavefront_64_launch_parameters():
