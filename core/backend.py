@@ -6,11 +6,11 @@ needs nothing from the core beyond them: if it does, the contract grows a hook (
 version), the core is never patched.
 
 Data crossing the boundary is device-neutral: the scheduler hands a `SchedulerOutput`
-(per-request token ids, computed-token counts, block ids, sampling params) to
-`Worker.execute`, which returns a `ModelRunnerOutput` (sampled ids, logprobs) as plain
-Python lists. Block ids are the only thing the core knows of the KV cache; the backend owns
-its physical layout (`AttentionBackend.kv_cache_shape`) and how many blocks fit
-(`Worker.num_kv_blocks`).
+(per-request token ids, computed-token counts, block ids, sampling params, and for guided
+decoding a token bitmask) to `Worker.execute`, which returns a `ModelRunnerOutput` (sampled
+ids, logprobs) as plain Python lists. Block ids are the only thing the core knows of the KV
+cache; the backend owns its physical layout (`AttentionBackend.kv_cache_shape`) and how many
+blocks fit (`Worker.num_kv_blocks`).
 
 Backends whose model runs as torch modules on a torch device reuse the core's
 `octavo.worker.TorchWorker` and supply an `AttentionBackend`, and may fuse the models' norms
@@ -70,10 +70,22 @@ class ScheduledRequest:
 
 @dataclass(slots=True)
 class SchedulerOutput:
+    """One step.
+
+    Guided decoding: row i of `grammar_bitmask` constrains the token sampled for
+    `requests[grammar_rows[i]]` (always a request that samples). Bit j of int32 word k set
+    means token 32 * k + j is allowed; ids past the mask's width (logits wider than the
+    tokenizer's vocabulary) are not. The core's `Sampler` applies it (`SamplingMetadata`
+    carries it to the device), so a worker built on `ModelRunner` has nothing to do; a worker
+    with a sampler of its own must apply it. None (and no rows) when no request is guided.
+    """
+
     requests: list[ScheduledRequest]
     num_batched_tokens: int
     block_size: int
     finished_request_ids: set[str] = field(default_factory=set)  # drop per-request state
+    grammar_bitmask: torch.Tensor | None = None  # int32 [len(grammar_rows), ceil(vocab / 32)], CPU
+    grammar_rows: list[int] = field(default_factory=list)  # indices into `requests`
 
 
 @dataclass(slots=True)

@@ -55,6 +55,7 @@ class EngineConfig:
     # Device.
     num_threads: int | None = None
     max_logprobs: int = 20
+    guided_decoding_backend: str = "xgrammar"  # or "llguidance"; a request may name its own
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific settings
 
 

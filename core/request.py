@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from octavo.sampling_params import SamplingParams
+from octavo.structured_output import GrammarState
 
 
 class RequestStatus(enum.IntEnum):
@@ -41,6 +42,7 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     first_scheduled_time: float | None = None
+    grammar: GrammarState | None = None  # guided decoding: scheduled once compiled
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

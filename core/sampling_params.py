@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from octavo.structured_output import StructuredOutputParams
 
 _GREEDY_EPS = 1e-5
 
@@ -38,6 +42,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    structured_outputs: StructuredOutputParams | None = None  # guided decoding
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -5,6 +5,10 @@ token budget is spent. A decode is a request one token behind, a prefill one man
 behind, a chunked prefill one that gets only part of its backlog; a prefix-cache hit starts
 a request ahead, and a preemption sends it back to zero (recompute). Running requests are
 served first, in arrival order; when blocks run out the newest running request is preempted.
+
+Guided decoding (as vLLM's WAITING_FOR_FSM): a waiting request whose grammar is still
+compiling is passed over, keeping its place; each step the scheduler fills the grammar
+bitmask of the requests that sample, and `update` advances their matchers.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from octavo.backend import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
 from octavo.kv_cache import KVCacheManager
 from octavo.request import Request, RequestStatus
+from octavo.structured_output import StructuredOutputManager
 
 
 @dataclass(slots=True)
@@ -31,8 +36,9 @@ class SchedulerStats:
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 enable_chunked_prefill: bool = True):
+                 enable_chunked_prefill: bool = True, structured_output: StructuredOutputManager | None = None):
         self.kv = kv
+        self.structured_output = structured_output
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.enable_chunked_prefill = enable_chunked_prefill
@@ -40,6 +46,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.finished_ids: set[str] = set()  # to tell the worker, next step
+        self.failed_ids: list[str] = []  # ended because their grammar failed to compile
         self.num_preemptions = 0
         self.prompt_tokens = 0
         self.generation_tokens = 0
@@ -96,8 +103,16 @@ class Scheduler:
                 budget -= num_new
                 i += 1
 
+        compiling: list[Request] = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not preempted:
             request = self.waiting[0]
+            if request.grammar is not None and not request.grammar.ready():
+                self.waiting.popleft()
+                if request.grammar.failed:
+                    self._fail(request)
+                else:
+                    compiling.append(request)
+                continue
             hits = self.kv.get_computed_blocks(request)
             num_computed = len(hits) * self.kv.block_size
             num_new = request.num_tokens - num_computed
@@ -115,6 +130,7 @@ class Scheduler:
             self.running.append(request)
             scheduled.append((request, num_new))
             budget -= num_new
+        self.waiting.extendleft(reversed(compiling))
 
         out = SchedulerOutput(
             requests=[self._describe(r, n) for r, n in scheduled],
@@ -123,7 +139,16 @@ class Scheduler:
             finished_request_ids=self.finished_ids,
         )
         self.finished_ids = set()
+        self._constrain(out, [r for r, _ in scheduled])
         return out
+
+    def _constrain(self, out: SchedulerOutput, requests: list[Request]) -> None:
+        """The grammar bitmask rows of the guided requests that sample this step (none: no mask)."""
+        rows = [i for i, r in enumerate(requests)
+                if r.grammar is not None and not r.grammar.terminated and out.requests[i].samples]
+        if rows:
+            out.grammar_rows = rows
+            out.grammar_bitmask = self.structured_output.bitmask([requests[i].grammar for i in rows])
 
     def _describe(self, request: Request, num_new: int) -> ScheduledRequest:
         return ScheduledRequest(
@@ -151,6 +176,7 @@ class Scheduler:
     def update(self, batch: SchedulerOutput, result: ModelRunnerOutput) -> list[tuple[Request, int]]:
         """Advance the scheduled requests; returns (request, new token) for those that sampled."""
         sampled = []
+        guided, guided_tokens = [], []
         for scheduled, token_id in zip(batch.requests, result.sampled_token_ids):
             request = self.requests.get(scheduled.request_id)
             if request is None or request.status != RequestStatus.RUNNING:
@@ -166,9 +192,20 @@ class Scheduler:
             if request.check_stop(token_id):
                 self.running.remove(request)
                 self._free(request)
+            elif request.grammar is not None and not request.grammar.terminated:
+                guided.append(request.grammar)
+                guided_tokens.append(token_id)
+        if guided:
+            self.structured_output.accept(guided, guided_tokens)
         return sampled
+
+    def _fail(self, request: Request) -> None:
+        request.status = RequestStatus.FINISHED_ABORTED
+        self._free(request)
+        self.failed_ids.append(request.request_id)
 
     def _free(self, request: Request) -> None:
         self.kv.free(request)
         del self.requests[request.request_id]
         self.finished_ids.add(request.request_id)
+        request.grammar = None  # the matcher goes now, not when the last reference to the request does

@@ -27,6 +27,14 @@ def http(server):
         yield c
 
 
+@pytest.fixture(scope="module")
+def openai_client(server):
+    """The official `openai` client for the module's `server` fixture."""
+    import openai
+
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
 @pytest.fixture(scope="session")
 def llama_llm(tiny_model):
     """A shared fp32 engine over the tiny Llama, for tests that only add requests."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from octavo.config import EngineConfig
+from octavo.structured_output.params import BACKENDS
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +25,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-threads", type=int, default=None, help="CPU threads for compute")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max-logprobs", type=int, default=20)
+    g.add_argument("--guided-decoding-backend", choices=BACKENDS, default="xgrammar",
+                   help="library for structured output (a request's own choice wins)")
     gpu = parser.add_argument_group("gpu")
     gpu.add_argument("--gpu-memory-utilization", type=float, default=None,
                      help="fraction of GPU memory for weights, activations and KV cache (default 0.9)")
@@ -49,6 +52,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         num_kv_blocks=args.num_kv_blocks,
         num_threads=args.num_threads,
         max_logprobs=args.max_logprobs,
+        guided_decoding_backend=args.guided_decoding_backend,
         extra=_gpu_extras(args),
     )
 

@@ -22,10 +22,12 @@ from octavo.outputs import RequestOutput
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 from octavo.scheduler import Scheduler, SchedulerStats
+from octavo.structured_output import BACKENDS, GrammarError, GrammarState, StructuredOutputManager
 
 logger = logging.getLogger("octavo")
 
 Prompt = str | list[int] | dict[str, Any]
+GRAMMAR_WAIT_S = 0.02  # an idle step's longest wait for a compiling grammar (new requests wait that long)
 
 
 class InputError(ValueError):
@@ -54,10 +56,12 @@ class LLMEngine:
         num_blocks = config.num_kv_blocks or self.worker.num_kv_blocks(config.block_size)
         self.worker.allocate_kv_cache(num_blocks, config.block_size)
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens,
-                                   config.enable_chunked_prefill)
-        self.outputs = OutputProcessor(self.tokenizer)
         self.eos_token_id = self.tokenizer.eos_token_id
+        self.structured_output = StructuredOutputManager(config.guided_decoding_backend, self.tokenizer,
+                                                         self.model_config.vocab_size, self.eos_token_id)
+        self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens,
+                                   config.enable_chunked_prefill, self.structured_output)
+        self.outputs = OutputProcessor(self.tokenizer)
         self.worker.warm_up()
         logger.info("engine ready: %s on %s (%s), %d KV blocks of %d tokens", self.model_config.architecture,
                     self.backend.name, config.dtype, num_blocks, config.block_size)
@@ -92,11 +96,17 @@ class LLMEngine:
             value = getattr(params, name)
             if value is not None and value > self.config.max_logprobs:
                 raise InputError(f"{name} must be at most {self.config.max_logprobs}, got {value}", name)
+        grammar = None
+        if params.structured_outputs is not None:
+            try:
+                grammar = self.structured_output.submit(params.structured_outputs)
+            except GrammarError as exc:
+                raise InputError(str(exc), "structured_outputs") from None
         seqs = [SequenceState(i, request_id if params.num_sequences == 1 else f"{i}_{request_id}",
                               self._detokenizer(token_ids, params),
                               logprobs=[] if params.logprobs is not None else None)
                 for i in range(params.num_sequences)]
-        return ParentState(request_id, text, token_ids, params, seqs)
+        return ParentState(request_id, text, token_ids, params, seqs, grammar=grammar)
 
     def _detokenizer(self, prompt_ids: list[int], params: SamplingParams) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(
@@ -121,8 +131,9 @@ class LLMEngine:
                     seed=None if params.seed is None else params.seed + seq.index,
                     logprobs=params.logprobs if params.logprobs is not None or params.n == params.num_sequences
                     else 0)
+            grammar = GrammarState(parent.grammar) if parent.grammar is not None else None
             self.scheduler.add_request(Request(seq.request_id, parent.prompt_token_ids, child, max_tokens,
-                                               self.eos_token_id, parent.arrival_time))
+                                               self.eos_token_id, parent.arrival_time, grammar=grammar))
 
     def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None) -> None:
         self.add(self.make_request(request_id, prompt, params or SamplingParams()))
@@ -138,18 +149,32 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()
+        failed = self._fail_grammars()
         if not batch.requests:
-            return []
+            self.structured_output.wait_for_compile(GRAMMAR_WAIT_S)  # idle until a grammar is ready
+            return failed
         result = self.worker.execute(batch)
         sampled = self.scheduler.update(batch, result)
         outputs, stopped = self.outputs.process(sampled, result)
         self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
-        return outputs
+        return failed + outputs
+
+    def _fail_grammars(self) -> list[RequestOutput]:
+        """Abort the requests whose grammar failed to compile (it parsed, so this is rare)."""
+        failed = []
+        for child_id in self.scheduler.failed_ids:
+            parent_id = self.outputs.parent_id(child_id)
+            out = self.abort_request(parent_id) if parent_id is not None else None
+            if out is not None:
+                failed.append(out)
+        self.scheduler.failed_ids.clear()
+        return failed
 
     def stats(self) -> SchedulerStats:
         return self.scheduler.stats()
 
     def shutdown(self) -> None:
+        self.structured_output.shutdown()
         self.worker.shutdown()
 
 
@@ -161,4 +186,7 @@ def check_config(config: EngineConfig) -> None:
         raise ConfigError(f"max_num_batched_tokens must be positive, got {config.max_num_batched_tokens}")
     if config.max_model_len is not None and config.max_model_len < 2:
         raise ConfigError(f"max_model_len must be at least 2, got {config.max_model_len}")
+    if config.guided_decoding_backend not in BACKENDS:
+        raise ConfigError(f"guided_decoding_backend must be one of {', '.join(BACKENDS)}, "
+                          f"got {config.guided_decoding_backend!r}")
 

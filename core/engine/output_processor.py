@@ -1,6 +1,7 @@
 """From sampled token ids to RequestOutputs: detokenization, stop strings, logprobs, n > 1."""
 from __future__ import annotations
 
+import concurrent.futures as cf
 import time
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ class ParentState:
     arrival_time: float = field(default_factory=time.monotonic)
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
+    grammar: cf.Future | None = None  # guided decoding: the compiled grammar, shared by the sequences
 
     @property
     def finished(self) -> bool:
@@ -69,6 +71,10 @@ class OutputProcessor:
 
     def has(self, request_id: str) -> bool:
         return request_id in self.parents
+
+    def parent_id(self, child_id: str) -> str | None:
+        entry = self.seqs.get(child_id)
+        return entry[0].request_id if entry is not None else None
 
     def child_ids(self, request_id: str) -> list[str]:
         parent = self.parents.get(request_id)

@@ -26,11 +26,16 @@ class SamplingMetadata:
     allowed: tuple[torch.Tensor, torch.Tensor] | None  # rows, token ids
     blocked: tuple[torch.Tensor, torch.Tensor] | None  # rows, token ids (min_tokens)
     max_num_logprobs: int | None
+    grammar: tuple[torch.Tensor, torch.Tensor | None] | None = None  # bitmask, its rows (None: all)
 
     @classmethod
     def build(cls, reqs: list[ScheduledRequest], generators: dict[int, torch.Generator],
-              device: torch.device) -> SamplingMetadata:
-        """O(requests) per step; token lists are copied only when penalties need them."""
+              device: torch.device,
+              grammar: tuple[torch.Tensor, list[int]] | None = None) -> SamplingMetadata:
+        """O(requests) per step; token lists are copied only when penalties need them.
+
+        `grammar`: the step's CPU bitmask and the row of `reqs` each of its rows constrains.
+        """
         def col(values, dtype):
             return torch.tensor(values, dtype=dtype, device=device)
 
@@ -67,6 +72,10 @@ class SamplingMetadata:
         md.blocked = _sparse([(i, t) for i, r in enumerate(reqs)
                               if len(r.token_ids) - r.num_prompt_tokens < r.sampling_params.min_tokens
                               for t in _stop_ids(r.sampling_params, r.eos_token_id)], device)
+        if grammar is not None:
+            bitmask, rows = grammar
+            md.grammar = (bitmask.to(device, non_blocking=True),
+                          None if rows == list(range(len(reqs))) else col(rows, torch.long))
         return md
 
 

@@ -5,6 +5,24 @@ import torch
 
 
 class SamplerOps:
+    def apply_token_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor,
+                            rows: torch.Tensor | None) -> None:
+        """Guided decoding: -inf on the tokens a grammar forbids, in place.
+
+        bitmask [R, W] int32 on logits' device, bit j of word k = token 32 * k + j allowed;
+        rows [R] long: the logits rows it constrains (None: all, in order). Ids past 32 * W
+        (a model vocabulary wider than the tokenizer's) are forbidden.
+        """
+        bits = torch.ones((), dtype=torch.int32, device=bitmask.device) << torch.arange(
+            32, dtype=torch.int32, device=bitmask.device)
+        allowed = (bitmask.unsqueeze(-1) & bits).flatten(1) != 0
+        width = min(logits.shape[1], allowed.shape[1])
+        target = logits if rows is None else logits[rows]
+        target[:, :width].masked_fill_(~allowed[:, :width], float("-inf"))
+        target[:, width:] = float("-inf")
+        if rows is not None:
+            logits[rows] = target
+
     def top_k_top_p(self, logits: torch.Tensor, k: torch.Tensor | None,
                     p: torch.Tensor | None) -> torch.Tensor:
         """Mask logits outside each row's top-k / nucleus with -inf. k [B] long, p [B] float."""

@@ -23,7 +23,10 @@ class Sampler:
         self.ops = ops
 
     def __call__(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
-        """logits [B, V] fp32, modified in place."""
+        """logits [B, V] fp32, modified in place. A grammar's mask applies first, so logprobs
+        are over the tokens it allows (as vLLM)."""
+        if md.grammar is not None:
+            self.ops.apply_token_bitmask(logits, *md.grammar)
         raw_logprobs = logits.log_softmax(dim=-1) if md.max_num_logprobs is not None else None
         logits = apply_logit_processors(logits, md)
         sampled = logits.max(dim=-1).indices if md.all_greedy else self._sample(logits, md)

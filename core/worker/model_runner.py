@@ -57,6 +57,14 @@ def prepare_inputs(batch: SchedulerOutput) -> StepInputs:
                       torch.from_numpy(cu[1:][sample_rows] - 1), sample_rows)
 
 
+def _grammar(batch: SchedulerOutput, sample_rows: list[int]) -> tuple[torch.Tensor, list[int]] | None:
+    """The step's grammar bitmask with each row's position among the sampling requests."""
+    if batch.grammar_bitmask is None:
+        return None
+    position = {row: i for i, row in enumerate(sample_rows)}
+    return batch.grammar_bitmask, [position[row] for row in batch.grammar_rows]
+
+
 class ModelRunner:
     def __init__(self, model: nn.Module, attn: AttentionBackend, device: torch.device,
                  sampler_ops: SamplerOps):
@@ -80,7 +88,8 @@ class ModelRunner:
             return out
         logits = self.model.compute_logits(hidden[inputs.logits_indices.to(self.device)])
         reqs = [batch.requests[i] for i in inputs.sample_rows]
-        md = SamplingMetadata.build(reqs, self._generators(reqs), self.device)
+        md = SamplingMetadata.build(reqs, self._generators(reqs), self.device,
+                                    _grammar(batch, inputs.sample_rows))
         sampled = self.sampler(logits, md)
         token_ids = sampled.token_ids.tolist()
         for row, token in zip(inputs.sample_rows, token_ids):

@@ -1,0 +1,70 @@
+"""xgrammar (the default): grammars compiled to token-mask caches, C++ batch fill."""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import xgrammar as xgr
+
+from octavo.structured_output.backend import GrammarBackend, GrammarError, error_text
+from octavo.structured_output.params import StructuredOutputParams
+
+
+# xgrammar 0.2.8 lets strings with a length limit hold raw control characters, which JSON
+# forbids (its other strings exclude them); the grammar is rebuilt with the right class.
+_LOOSE_STRING_CHAR = r'[^\"\\\r\n]'
+_JSON_STRING_CHAR = r'[^\0-\x1f\"\\]'
+
+
+def _json_grammar(schema: dict, strict: bool) -> xgr.Grammar:
+    grammar = xgr.Grammar.from_json_schema(schema, strict_mode=strict)
+    ebnf = str(grammar)
+    if _LOOSE_STRING_CHAR not in ebnf:
+        return grammar
+    return xgr.Grammar.from_ebnf(ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR))
+
+
+class XGrammarBackend(GrammarBackend):
+    name = "xgrammar"
+
+    def __init__(self, tokenizer, vocab_size: int, eos_token_id: int | None):
+        info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=None if eos_token_id is None else [eos_token_id])
+        self._stop_ids = frozenset(info.stop_token_ids)
+        # The manager caches compiled grammars itself, so xgrammar's own cache is off.
+        self.compiler = xgr.GrammarCompiler(info, max_threads=min(8, os.cpu_count() or 1), cache_enabled=False)
+        self.batch = xgr.BatchGrammarMatcher()
+
+    @classmethod
+    def parse(cls, spec: StructuredOutputParams) -> xgr.Grammar:
+        if spec.whitespace_pattern is not None:
+            raise GrammarError("whitespace_pattern needs the llguidance backend")
+        try:
+            if spec.is_json:
+                return _json_grammar(spec.schema(), strict=spec.strict and not spec.json_object)
+            if spec.regex is not None:
+                return xgr.Grammar.from_regex(spec.regex)
+            if spec.choice is not None:
+                return xgr.Grammar.from_ebnf("root ::= " + " | ".join(json.dumps(c) for c in spec.choice))
+            if "::=" in spec.grammar:
+                return xgr.Grammar.from_ebnf(spec.grammar)
+            return xgr.Grammar.from_lark(spec.grammar)
+        except (RuntimeError, ValueError) as exc:
+            raise GrammarError(error_text(exc)) from None
+
+    @property
+    def stop_token_ids(self) -> frozenset[int]:
+        return self._stop_ids
+
+    def compile(self, grammar: xgr.Grammar) -> xgr.CompiledGrammar:
+        return self.compiler.compile_grammar(grammar)
+
+    def new_matcher(self, compiled: xgr.CompiledGrammar) -> xgr.GrammarMatcher:
+        return xgr.GrammarMatcher(compiled)
+
+    def fill_bitmask(self, matchers: list, bitmask: torch.Tensor, rows: list[int]) -> None:
+        self.batch.batch_fill_next_token_bitmask(matchers, bitmask, rows)
+
+    def accept(self, matchers: list, tokens: list[int]) -> list[bool]:
+        return xgr.BatchGrammarMatcher.batch_accept_token(matchers, tokens)
