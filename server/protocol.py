@@ -51,6 +51,18 @@ class UsageInfo(BaseModel):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
+class JsonSchemaFormat(OpenAIBaseModel):
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(OpenAIBaseModel):
+    type: str  # text | json_object | json_schema
+    json_schema: JsonSchemaFormat | None = None
+
+
 class SamplingRequest(OpenAIBaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
@@ -81,6 +93,14 @@ class SamplingRequest(OpenAIBaseModel):
     allowed_token_ids: list[int] | None = None
     prompt_logprobs: int | None = None
     return_token_ids: bool | None = False
+    # Guided decoding: one of response_format (json_object / json_schema) and vLLM's guided_*.
+    response_format: ResponseFormat | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_whitespace_pattern: str | None = None
+    guided_decoding_backend: str | None = None
 
 
 # ---------------------------------------------------------------------------- completions
@@ -138,17 +158,12 @@ class ChatMessage(OpenAIBaseModel):
     tool_call_id: str | None = None
 
 
-class ResponseFormat(OpenAIBaseModel):
-    type: str
-
-
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage]
     logprobs: bool | None = False
     top_logprobs: int | None = None
     max_tokens: int | None = Field(default=None, description="deprecated: use max_completion_tokens")
     max_completion_tokens: int | None = None
-    response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None

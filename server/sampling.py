@@ -6,7 +6,11 @@ the API adds (logit_bias in [-100, 100], n <= 128).
 """
 from __future__ import annotations
 
-from octavo.sampling_params import RequestOutputKind, SamplingParams
+import contextlib
+
+from octavo.engine.llm_engine import InputError
+from octavo.sampling_params import RequestOutputKind, SamplingParamError, SamplingParams
+from octavo.structured_output import StructuredOutputParams
 
 from octavo.server.errors import bad_request
 from octavo.server.protocol import SamplingRequest
@@ -84,8 +88,62 @@ def check_common(req: SamplingRequest) -> None:
         raise bad_request("prompt_logprobs is not available when streaming", "prompt_logprobs")
 
 
+_GUIDED_FIELDS = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+                  "guided_grammar": "grammar"}
+_GUIDED_OPTIONS = {"structured_outputs.whitespace_pattern": "guided_whitespace_pattern",
+                   "structured_outputs.backend": "guided_decoding_backend"}
+
+
+def structured_outputs(req: SamplingRequest) -> tuple[StructuredOutputParams | None, str | None]:
+    """The request's guided-decoding constraint and the API field it came from (None, None
+    without one); 400 for more than one, or a malformed one."""
+    found: dict[str, dict] = {}
+    if req.response_format is not None and req.response_format.type != "text":
+        found["response_format"] = _response_format(req.response_format)
+    found.update({name: {kind: getattr(req, name)} for name, kind in _GUIDED_FIELDS.items()
+                  if getattr(req, name) is not None})
+    if len(found) > 1:
+        raise bad_request(f"only one guided-decoding constraint per request, got {', '.join(found)}",
+                          list(found)[1])
+    if not found:
+        return None, None
+    [(param, constraint)] = found.items()
+    try:
+        return StructuredOutputParams(**constraint, whitespace_pattern=req.guided_whitespace_pattern,
+                                      backend=req.guided_decoding_backend), param
+    except SamplingParamError as exc:
+        name = _GUIDED_OPTIONS.get(exc.param, param)
+        raise bad_request(f"{name} {str(exc).removeprefix(exc.param).strip()}", name) from None
+
+
+def _response_format(fmt) -> dict:
+    if fmt.type == "json_object":
+        return {"json_object": True}
+    if fmt.type != "json_schema":
+        raise bad_request(f"response_format type must be 'text', 'json_object' or 'json_schema', got {fmt.type!r}",
+                          "response_format")
+    if fmt.json_schema is None or fmt.json_schema.json_schema is None:
+        raise bad_request("response_format of type 'json_schema' needs json_schema.schema", "response_format")
+    spec = {"json": fmt.json_schema.json_schema}
+    if fmt.json_schema.strict is not None:
+        spec["strict"] = fmt.json_schema.strict
+    return spec
+
+
+@contextlib.contextmanager
+def guided_errors(param: str | None):
+    """The engine calls a bad constraint `structured_outputs`; the client knows it by its field."""
+    try:
+        yield
+    except InputError as exc:
+        if param is None or exc.param != "structured_outputs":
+            raise
+        raise bad_request(str(exc), param) from None
+
+
 def build(req: SamplingRequest, *, max_tokens: int | None, logprobs: int | None, vocab_size: int,
-          stream: bool, best_of: int | None = None, prompt_logprobs: int | None = None) -> SamplingParams:
+          stream: bool, best_of: int | None = None, prompt_logprobs: int | None = None,
+          structured_outputs: StructuredOutputParams | None = None) -> SamplingParams:
     """SamplingParams for `req`; range errors become 400s naming the parameter."""
     stop = req.stop
     if isinstance(stop, str):
@@ -114,4 +172,5 @@ def build(req: SamplingRequest, *, max_tokens: int | None, logprobs: int | None,
         skip_special_tokens=req.skip_special_tokens is not False,
         spaces_between_special_tokens=req.spaces_between_special_tokens is not False,
         output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+        structured_outputs=structured_outputs,
     )

@@ -23,9 +23,6 @@ ENDPOINT = "/v1/chat/completions"
 
 def _check(req: ChatCompletionRequest) -> None:
     sampling.check_common(req)
-    if req.response_format is not None and req.response_format.type != "text":
-        raise bad_request(f"response_format type {req.response_format.type!r} is not supported yet "
-                          "(only 'text')", "response_format")
     if req.top_logprobs is not None and not req.logprobs:
         raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
     if req.top_logprobs is not None and req.top_logprobs < 0:
@@ -61,8 +58,9 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
         max_tokens, param = req.max_tokens, "max_tokens"
     sampling.check_context(len(ids), max_tokens, state.max_model_len, param)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    guided, guided_param = sampling.structured_outputs(req)
     params = sampling.build(req, max_tokens=max_tokens, logprobs=logprobs, vocab_size=state.vocab_size,
-                            stream=bool(req.stream))
+                            stream=bool(req.stream), structured_outputs=guided)
     params = with_tools(params, tools)
     role = state.settings.response_role if req.add_generation_prompt is not False else conv[-1]["role"]
     echo = ""
@@ -71,7 +69,8 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
     request_id = new_request_id("chatcmpl")
     stream = EngineStream(state.engine, {"prompt_token_ids": ids}, params, request_id, state.metrics,
                           state.settings.log_requests, ENDPOINT)
-    await start_all([stream])
+    with sampling.guided_errors(guided_param):
+        await start_all([stream])
     job = _Chat(state, req, model, request_id, stream, role, echo, len(ids), tools)
     if req.stream:
         return streaming_response(job.stream())

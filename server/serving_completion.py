@@ -71,14 +71,17 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw: Req
     prompt_lps = req.prompt_logprobs
     if req.echo and req.logprobs is not None:
         prompt_lps = max(prompt_lps or 0, req.logprobs)
+    guided, guided_param = sampling.structured_outputs(req)
     params = sampling.build(req, max_tokens=max_tokens, logprobs=req.logprobs, vocab_size=state.vocab_size,
-                            stream=bool(req.stream), best_of=req.best_of, prompt_logprobs=prompt_lps)
+                            stream=bool(req.stream), best_of=req.best_of, prompt_logprobs=prompt_lps,
+                            structured_outputs=guided)
     request_id = new_request_id("cmpl")
     streams = [EngineStream(state.engine, {"prompt_token_ids": p.token_ids, "prompt": p.text}, params,
                             request_id if len(prompts) == 1 else f"{request_id}-{i}", state.metrics,
                             state.settings.log_requests, ENDPOINT)
                for i, p in enumerate(prompts)]
-    await start_all(streams)
+    with sampling.guided_errors(guided_param):
+        await start_all(streams)
     job = _Completion(state, req, model, request_id, prompts, streams, echo_only)
     if req.stream:
         return streaming_response(job.stream())

@@ -8,6 +8,7 @@ real model (tests/test_real_models.py asks Qwen2.5-Coder for a real call).
 from __future__ import annotations
 
 import json
+import re
 
 import jsonschema
 import openai
@@ -32,6 +33,7 @@ MESSAGES = [{"role": "user", "content": "What's the weather in Paris?"}]
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 HERMES_CALL = ('Let me check. <tool_call>{"name": "get_weather", "arguments": {"city": "Paris", '
                '"unit": "celsius"}}</tool_call>')
+HERMES_REGEX = re.sub(r"([{}.])", r"\\\1", HERMES_CALL)  # exactly the call: braces and the dot escaped
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +127,7 @@ def test_parallel_tool_calls_false_gives_one_call(client):
 
 
 def test_auto_parses_the_models_call(client):
-    regex = {"guided_regex": HERMES_CALL.replace("{", r"\{").replace("}", r"\}")}
+    regex = {"guided_regex": HERMES_REGEX}
     out = chat(client, tool_choice="auto", extra_body=regex, seed=0).choices[0]
     assert out.finish_reason == "tool_calls"
     assert out.message.content == "Let me check."
@@ -145,8 +147,7 @@ def test_auto_without_a_call_is_content(client):
 
 
 def test_none_ignores_tools(client):
-    out = chat(client, tool_choice="none", extra_body={"guided_regex": HERMES_CALL.replace("{", r"\{")
-                                                       .replace("}", r"\}")}, seed=0).choices[0]
+    out = chat(client, tool_choice="none", extra_body={"guided_regex": HERMES_REGEX}, seed=0).choices[0]
     assert out.message.content == HERMES_CALL and not out.message.tool_calls and out.finish_reason == "stop"
 
 
