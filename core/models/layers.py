@@ -78,7 +78,8 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, inv_freq: torch.Tensor, scaling: float, max_positions: int, ops: LayerOps):
         super().__init__()
         self.ops = ops
-        freqs = torch.arange(max_positions, dtype=torch.float)[:, None] * inv_freq[None, :]
+        positions = torch.arange(max_positions, dtype=torch.float)
+        freqs = positions[:, None] * inv_freq.to(positions.device)[None, :]  # transformers' is on the CPU
         self.register_buffer("cos_sin_cache", torch.cat((freqs.cos(), freqs.sin()), dim=-1) * scaling,
                              persistent=False)
 
