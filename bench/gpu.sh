@@ -3,19 +3,20 @@
 # throughput at 64 and 256 sequences, with and without CUDA graphs, for random-weight models
 # with the architectures of SmolLM2-135M and Qwen2.5-0.5B (bench/random_model.py says why).
 #   bash bench/gpu.sh OUT_DIR            # JSON lines in OUT_DIR/gpu.jsonl, logs beside it
+#   MODES=graphs SKIP_TESTS=1 bash bench/gpu.sh OUT_DIR   # a shorter run
 set -uo pipefail
 out=${1:?usage: gpu.sh OUT_DIR}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/nvidia-smi.txt"
-OCTAVO_TRITON_DEVICE=cuda python -m pytest backends/cuda -q -x -p no:cacheprovider 2>&1 | tee "$out/tests.log" | tail -15
+[ -n "${SKIP_TESTS:-}" ] || OCTAVO_TRITON_DEVICE=cuda python -m pytest backends/cuda -q -x -p no:cacheprovider 2>&1 | tee "$out/tests.log" | tail -15
 models=/tmp/octavo-bench-models
 for arch in smollm2-135m qwen2.5-0.5b; do
   [ -d "$models/$arch" ] || python bench/random_model.py "$arch" "$models/$arch" > /dev/null 2>&1
 done
 python bench/gpu_roof.py "$models"/smollm2-135m "$models"/qwen2.5-0.5b | tee -a "$out/gpu.jsonl"
 for arch in smollm2-135m qwen2.5-0.5b; do
-  for mode in graphs eager; do
+  for mode in ${MODES:-graphs eager}; do
     flag=""; [ $mode = eager ] && flag=--enforce-eager
     for n in 64 256; do
       what=--all; [ $n = 256 ] && what=""
