@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from octavo.sample.ops import SamplerOps
     from octavo.sampling_params import SamplingParams
 
-CONTRACT_VERSION = 3  # 2: SchedulerOutput.grammar_bitmask / grammar_rows; 3: Backend.layer_ops
+CONTRACT_VERSION = 3  # 2: SchedulerOutput.grammar; 3: Backend.layer_ops
 ENTRY_POINT_GROUP = "octavo.backends"
 
 
@@ -69,23 +69,37 @@ class ScheduledRequest:
 
 
 @dataclass(slots=True)
-class SchedulerOutput:
-    """One step.
+class GrammarBitmask:
+    """Guided decoding's token masks for one step.
 
-    Guided decoding: row i of `grammar_bitmask` constrains the token sampled for
-    `requests[grammar_rows[i]]` (always a request that samples). Bit j of int32 word k set
-    means token 32 * k + j is allowed; ids past the mask's width (logits wider than the
-    tokenizer's vocabulary) are not. The core's `Sampler` applies it (`SamplingMetadata`
-    carries it to the device), so a worker built on `ModelRunner` has nothing to do; a worker
-    with a sampler of its own must apply it. None (and no rows) when no request is guided.
+    Row i of `tensor()` constrains the token sampled for `SchedulerOutput.requests[rows[i]]`
+    (always a request that samples): int32 [len(rows), ceil(vocab / 32)] on the CPU, bit j
+    of word k set = token 32 * k + j allowed; ids past the mask's width (logits wider than
+    the tokenizer's vocabulary) are not. The scheduler's grammars fill it on the first
+    `tensor()` call, so a worker that launches its forward pass first has the CPU fill the
+    masks while the device computes (vLLM overlaps them too).
+
+    The core's `Sampler` applies it (`SamplingMetadata` carries it to the device): a worker
+    built on `ModelRunner` has nothing to do, one with a sampler of its own must apply it.
     """
 
+    rows: list[int]  # indices into SchedulerOutput.requests
+    fill: Callable[[], torch.Tensor]
+    _tensor: torch.Tensor | None = None
+
+    def tensor(self) -> torch.Tensor:
+        if self._tensor is None:
+            self._tensor = self.fill()
+        return self._tensor
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
     requests: list[ScheduledRequest]
     num_batched_tokens: int
     block_size: int
     finished_request_ids: set[str] = field(default_factory=set)  # drop per-request state
-    grammar_bitmask: torch.Tensor | None = None  # int32 [len(grammar_rows), ceil(vocab / 32)], CPU
-    grammar_rows: list[int] = field(default_factory=list)  # indices into `requests`
+    grammar: GrammarBitmask | None = None  # None when no request that samples is guided
 
 
 @dataclass(slots=True)

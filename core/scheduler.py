@@ -7,16 +7,18 @@ a request ahead, and a preemption sends it back to zero (recompute). Running req
 served first, in arrival order; when blocks run out the newest running request is preempted.
 
 Guided decoding (as vLLM's WAITING_FOR_FSM): a waiting request whose grammar is still
-compiling is passed over, keeping its place; each step the scheduler fills the grammar
-bitmask of the requests that sample, and `update` advances their matchers.
+compiling is passed over, keeping its place; each step the scheduler hands the worker the
+grammar bitmask of the requests that sample (filled when the worker asks for it), and
+`update` advances their matchers.
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from dataclasses import dataclass
 
-from octavo.backend import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from octavo.backend import GrammarBitmask, ModelRunnerOutput, ScheduledRequest, SchedulerOutput
 from octavo.kv_cache import KVCacheManager
 from octavo.request import Request, RequestStatus
 from octavo.structured_output import StructuredOutputManager
@@ -147,8 +149,8 @@ class Scheduler:
         rows = [i for i, r in enumerate(requests)
                 if r.grammar is not None and not r.grammar.terminated and out.requests[i].samples]
         if rows:
-            out.grammar_rows = rows
-            out.grammar_bitmask = self.structured_output.bitmask([requests[i].grammar for i in rows])
+            out.grammar = GrammarBitmask(rows, functools.partial(self.structured_output.bitmask,
+                                                                 [requests[i].grammar for i in rows]))
 
     def _describe(self, request: Request, num_new: int) -> ScheduledRequest:
         return ScheduledRequest(

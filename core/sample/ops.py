@@ -1,6 +1,8 @@
 """Sampling primitives a backend may replace with faster kernels (the `sampler_ops` hook)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -11,14 +13,15 @@ class SamplerOps:
 
         bitmask [R, W] int32 on logits' device, bit j of word k = token 32 * k + j allowed;
         rows [R] long: the logits rows it constrains (None: all, in order). Ids past 32 * W
-        (a model vocabulary wider than the tokenizer's) are forbidden.
+        (a model vocabulary wider than the tokenizer's) are forbidden. Each mask byte picks a
+        row of 8 biases (0 or -inf) that is added: several times faster than a masked_fill
+        with an unpacked boolean mask on CPUs.
         """
-        bits = torch.ones((), dtype=torch.int32, device=bitmask.device) << torch.arange(
-            32, dtype=torch.int32, device=bitmask.device)
-        allowed = (bitmask.unsqueeze(-1) & bits).flatten(1) != 0
-        width = min(logits.shape[1], allowed.shape[1])
+        table = _byte_biases(logits.device, logits.dtype)
+        bias = table.index_select(0, bitmask.view(torch.uint8).flatten().long()).view(bitmask.shape[0], -1)
+        width = min(logits.shape[1], bias.shape[1])
         target = logits if rows is None else logits[rows]
-        target[:, :width].masked_fill_(~allowed[:, :width], float("-inf"))
+        target[:, :width].add_(bias[:, :width])
         target[:, width:] = float("-inf")
         if rows is not None:
             logits[rows] = target
@@ -49,3 +52,10 @@ class SamplerOps:
         for row, gen in generators.items():
             q[row].exponential_(generator=gen)
         return probs.div_(q).max(dim=-1).indices
+
+
+@functools.cache
+def _byte_biases(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[256, 8]: row b holds 0 where bit i of byte b is set, else -inf (little-endian words)."""
+    bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+    return torch.zeros(256, 8, dtype=dtype).masked_fill_(bits == 0, float("-inf")).to(device)

@@ -58,11 +58,14 @@ def prepare_inputs(batch: SchedulerOutput) -> StepInputs:
 
 
 def _grammar(batch: SchedulerOutput, sample_rows: list[int]) -> tuple[torch.Tensor, list[int]] | None:
-    """The step's grammar bitmask with each row's position among the sampling requests."""
-    if batch.grammar_bitmask is None:
+    """The step's grammar bitmask with each row's position among the sampling requests.
+
+    Called once the forward pass is launched: on an asynchronous device the masks are filled
+    while it runs."""
+    if batch.grammar is None:
         return None
     position = {row: i for i, row in enumerate(sample_rows)}
-    return batch.grammar_bitmask, [position[row] for row in batch.grammar_rows]
+    return batch.grammar.tensor(), [position[row] for row in batch.grammar.rows]
 
 
 class ModelRunner:
