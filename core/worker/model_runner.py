@@ -60,8 +60,8 @@ def prepare_inputs(batch: SchedulerOutput) -> StepInputs:
 def _grammar(batch: SchedulerOutput, sample_rows: list[int]) -> tuple[torch.Tensor, list[int]] | None:
     """The step's grammar bitmask with each row's position among the sampling requests.
 
-    Called once the forward pass is launched: on an asynchronous device the masks are filled
-    while it runs."""
+    Called as soon as the forward pass is launched: on an asynchronous device the masks are
+    filled while it runs (a host-to-device copy from pageable memory would wait for it)."""
     if batch.grammar is None:
         return None
     position = {row: i for i, row in enumerate(sample_rows)}
@@ -85,14 +85,14 @@ class ModelRunner:
             return ModelRunnerOutput([])
         inputs = prepare_inputs(batch)
         hidden = self.forward(inputs)
+        grammar = _grammar(batch, inputs.sample_rows)  # before any copy that waits for the forward
         out = ModelRunnerOutput([-1] * len(batch.requests))
         self._prompt_logprobs(batch, inputs, hidden, out)
         if not inputs.sample_rows:
             return out
         logits = self.model.compute_logits(hidden[inputs.logits_indices.to(self.device)])
         reqs = [batch.requests[i] for i in inputs.sample_rows]
-        md = SamplingMetadata.build(reqs, self._generators(reqs), self.device,
-                                    _grammar(batch, inputs.sample_rows))
+        md = SamplingMetadata.build(reqs, self._generators(reqs), self.device, grammar)
         sampled = self.sampler(logits, md)
         token_ids = sampled.token_ids.tolist()
         for row, token in zip(inputs.sample_rows, token_ids):
