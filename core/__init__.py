@@ -2,7 +2,7 @@
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "SamplingParams", "RequestOutputKind", "__version__"]
+__all__ = ["LLM", "SamplingParams", "RequestOutputKind", "StructuredOutputParams", "__version__"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from octavo.entrypoints.llm import LLM
 
         return LLM
+    if name == "StructuredOutputParams":
+        from octavo.structured_output import StructuredOutputParams
+
+        return StructuredOutputParams
     raise AttributeError(name)
