@@ -160,7 +160,10 @@ def test_bench_serve_chat_given_prompts_at_a_request_rate(live_server, tmp_path)
     assert run["total_input_tokens"] > 6 * 5  # from the server's usage: the chat-templated given prompts
 
 
-def test_tool_calling_flags(tmp_path):
+def test_tool_calling_flags(tmp_path, monkeypatch):
+    from octavo.server.tool_parsers import ToolParserManager
+
+    monkeypatch.setattr(ToolParserManager, "_parsers", dict(ToolParserManager._parsers))  # the plugin stays here
     assert build_settings(parse(["serve"])).tool_parser is None
     settings = build_settings(parse(["serve", "--enable-auto-tool-choice", "--tool-call-parser", "mistral"]))
     assert settings.tool_parser.__name__ == "MistralToolParser"
