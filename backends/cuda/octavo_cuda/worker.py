@@ -8,6 +8,13 @@ What it adds to TorchWorker:
 - CUDA graphs for decode steps (`cuda_graphs.CudaGraphRunner`), captured in `warm_up` for
   `config.extra["cuda_graph_sizes"]` (normalized by the backend's check_and_update_config;
   empty when `config.extra["enforce_eager"]`).
+
+Tensor parallelism fits without rework: one CudaWorker per rank (its `device` is already a
+parameter), the engine sending each rank the same SchedulerOutput; weights shard at load
+(MergedLinear's packed qkv/gate_up by columns, o_proj/down_proj by rows), attention heads
+and so the KV cache split by rank (`kv_bytes_per_block` then counts this rank's heads), and
+a communicator hook on the backend all-reduces after the row-parallel layers. The scheduler,
+the block manager and the sampler (rank 0's logits) do not change.
 """
 from __future__ import annotations
 
