@@ -180,13 +180,22 @@ class ToolCallExtractor:
     def finish_reason(self, reason: str | None) -> str | None:
         return "tool_calls" if reason == "stop" and self.called else reason
 
-    def call(self, index: int, name: str | None, arguments: str | None) -> dict[str, Any]:
-        """A call's OpenAI delta: the first one of an index carries id, type and name."""
-        function = {"arguments": arguments} if arguments is not None else {}
-        if index in self.ids:
-            return {"index": index, "function": function}
+    def call(self, index: int, name: str, arguments: str) -> dict[str, Any]:
+        """A whole call, for a non-streamed response."""
         self.ids[index] = make_tool_call_id()
-        return {"index": index, "id": self.ids[index], "type": "function", "function": {"name": name, **function}}
+        return {"id": self.ids[index], "type": "function", "function": {"name": name, "arguments": arguments}}
+
+    def call_deltas(self, index: int, name: str | None, arguments: str | None) -> list[dict[str, Any]]:
+        """OpenAI's stream shape: a call opens with index, id, type and name (arguments ""),
+        then deltas of the same index carry argument fragments."""
+        deltas = []
+        if index not in self.ids:
+            self.ids[index] = make_tool_call_id()
+            deltas.append({"index": index, "id": self.ids[index], "type": "function",
+                           "function": {"name": name, "arguments": ""}})
+        if arguments:
+            deltas.append({"index": index, "function": {"arguments": arguments}})
+        return deltas
 
 
 class NamedCall(ToolCallExtractor):
@@ -200,9 +209,7 @@ class NamedCall(ToolCallExtractor):
         return Extracted(None, [self.call(0, self.name, text)])
 
     def stream(self, delta_text: str) -> Extracted:
-        if not delta_text and self.called:
-            return Extracted()
-        return Extracted(None, [self.call(0, self.name, delta_text)])
+        return Extracted(None, self.call_deltas(0, self.name, delta_text))
 
     def finish_reason(self, reason: str | None) -> str | None:
         return reason  # OpenAI: a forced function ends with "stop"
@@ -223,7 +230,7 @@ class RequiredCalls(ToolCallExtractor):
             calls = json.loads(text)
         except ValueError:  # cut short (max_tokens): no valid list
             return Extracted(text)
-        return Extracted(None, [self._call(i, c) for i, c in enumerate(calls)])
+        return Extracted(None, [self.call(i, *_name_arguments(c)) for i, c in enumerate(calls)])
 
     def stream(self, delta_text: str) -> Extracted:
         self.text += delta_text
@@ -234,17 +241,24 @@ class RequiredCalls(ToolCallExtractor):
         if not isinstance(calls, list):
             return Extracted()
         complete = len(calls) - 1 if not self.text.rstrip().endswith("]") else len(calls)
-        return Extracted(None, [self._call(i, calls[i]) for i in range(len(self.ids), complete)])
+        return self._deltas(calls, complete)
 
     def finish(self) -> Extracted:
         try:
             calls = json.loads(self.text)
         except ValueError:
             return Extracted()
-        return Extracted(None, [self._call(i, calls[i]) for i in range(len(self.ids), len(calls))])
+        return self._deltas(calls, len(calls))
 
-    def _call(self, index: int, call: dict) -> dict[str, Any]:
-        return self.call(index, call["name"], json.dumps(call["parameters"], ensure_ascii=False))
+    def _deltas(self, calls: list[dict], complete: int) -> Extracted:
+        """Deltas of the calls not sent yet among the first `complete`."""
+        return Extracted(None, [d for i in range(len(self.ids), complete)
+                                for d in self.call_deltas(i, *_name_arguments(calls[i]))])
+
+
+
+def _name_arguments(call: dict) -> tuple[str, str]:
+    return call["name"], json.dumps(call["parameters"], ensure_ascii=False)
 
 
 class ParsedCalls(ToolCallExtractor):
@@ -269,7 +283,7 @@ class ParsedCalls(ToolCallExtractor):
     def _delta(self, delta) -> Extracted:
         if delta is None:
             return Extracted()
-        return Extracted(delta.content, [self.call(d.index, d.name, d.arguments) for d in delta.tool_calls])
+        return Extracted(delta.content, [c for d in delta.tool_calls for c in self.call_deltas(d.index, d.name, d.arguments)])
 
 
 def arguments_as_objects(tool_calls: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -96,7 +96,7 @@ def test_named_tool_choice_streams_the_same_call(client, seed):
     assert calls[0]["arguments"] == whole.message.tool_calls[0].function.arguments
     first, *later = deltas
     assert first.id.startswith("call_") and first.type == "function" and first.function.name == "get_weather"
-    assert len(later) > 1, "arguments should stream in fragments"
+    assert first.function.arguments == "" and len(later) > 1, "arguments should stream in fragments"
     assert all(d.id is None and d.function.name is None for d in later)
 
 
@@ -137,7 +137,9 @@ def test_auto_parses_the_models_call(client):
     content, calls, finish, deltas = streamed(client, tool_choice="auto", extra_body=regex, seed=0)
     assert (content, finish) == ("Let me check.", "tool_calls")
     assert [(c["name"], c["arguments"]) for c in calls] == [("get_weather", call.function.arguments)]
-    assert deltas[0].id.startswith("call_") and deltas[0].type == "function"
+    first, *later = deltas
+    assert first.id.startswith("call_") and first.type == "function" and first.function.arguments == ""
+    assert later and all(d.id is None and d.function.name is None for d in later)
 
 
 def test_auto_without_a_call_is_content(client):
