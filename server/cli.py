@@ -153,7 +153,6 @@ def build_settings(args: argparse.Namespace):
     except (OSError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return ServerSettings(
-        tool_parser=_tool_parser(args),
         served_model_names=args.served_model_name or [default_model_name(args.model)],
         model_root=args.model or "SmolLM2-135M-Instruct (embedded)",
         response_role=args.response_role,
@@ -165,6 +164,7 @@ def build_settings(args: argparse.Namespace):
         allow_credentials=args.allow_credentials,
         log_requests=not args.disable_log_requests,
         log_stats=not args.disable_log_stats,
+        tool_parser=_tool_parser(args),
     )
 
 

@@ -101,12 +101,12 @@ class _Chat:
             completion_tokens += len(c.token_ids)
             content = self._logprobs(c.token_ids, c.logprobs)
             extractor = self.extractors[c.index]
-            found = extractor.full(c.text) if extractor else Extracted(c.text)
+            found = extractor.full(c.text)
             text = self.echo + found.content if found.content is not None else None
             choices.append(ChatCompletionChoice(
                 index=c.index, message=ChatResponseMessage(role=self.role, content=text, tool_calls=found.tool_calls),
                 logprobs=ChatChoiceLogprobs(content=content) if content is not None else None,
-                finish_reason=extractor.finish_reason(c.finish_reason) if extractor else c.finish_reason,
+                finish_reason=extractor.finish_reason(c.finish_reason),
                 stop_reason=c.stop_reason,
                 token_ids=list(c.token_ids) if self.req.return_token_ids else None))
         choices.sort(key=lambda c: c.index)
@@ -172,8 +172,6 @@ class _Chat:
     def _delta(self, c) -> tuple[dict, str | None]:
         """The OpenAI delta of this text and the finish reason; tool calls come out of the text."""
         extractor = self.extractors[c.index]
-        if extractor is None:
-            return ({"content": c.text} if c.text else {}), c.finish_reason
         found = extractor.stream(c.text)
         if c.finish_reason is not None:
             rest = extractor.finish()

@@ -58,14 +58,14 @@ class ToolPlan:
             return StructuredOutputParams(json=schema)
         return None
 
-    def extractor(self) -> ToolCallExtractor | None:
+    def extractor(self) -> ToolCallExtractor:
         if self.choice == "named":
             return NamedCall(self.named)
         if self.choice == "required":
             return RequiredCalls()
         if self.choice == "auto" and self.parser_cls is not None:
             return ParsedCalls(self.parser_cls(None))
-        return None
+        return ToolCallExtractor()
 
 
 def with_tools(params: SamplingParams, plan: ToolPlan) -> SamplingParams:
@@ -159,16 +159,18 @@ class Extracted:
 
 
 class ToolCallExtractor:
-    """Per choice. Streamed deltas concatenate to what `full` gives for the same text."""
+    """Per choice. Streamed deltas concatenate to what `full` gives for the same text.
+
+    This base finds no calls (tool_choice none, or auto without a parser): text is content."""
 
     def __init__(self) -> None:
         self.ids: dict[int, str] = {}
 
     def full(self, text: str) -> Extracted:
-        raise NotImplementedError
+        return Extracted(text)
 
     def stream(self, delta_text: str) -> Extracted:
-        raise NotImplementedError
+        return Extracted(delta_text)
 
     def finish(self) -> Extracted:
         return Extracted()

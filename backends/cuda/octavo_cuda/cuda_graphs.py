@@ -39,7 +39,9 @@ def metadata_view(md: TritonMetadata, size: int) -> TritonMetadata:
 class CudaGraphRunner(ModelRunner):
     """ModelRunner whose decode forwards replay captured graphs (after `capture`)."""
 
-    sizes: list[int] = []
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sizes: list[int] = []  # captured batch sizes, ascending; empty: all eager
 
     @torch.inference_mode()
     def capture(self, sizes: list[int], max_model_len: int, block_size: int) -> None:
