@@ -23,3 +23,9 @@ def test_tied_embeddings_match_hf(tiny_model):
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_logprobs_match_hf(tiny_model, family):
     conformance.check_logprobs_match_hf(make_cpu_llm, tiny_model(family))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_close_to_hf(tiny_model, family):
+    """The bf16 path (packed matmuls, the C++ decode kernel where it builds) against HF fp32."""
+    conformance.check_bf16_close_to_hf(make_cpu_llm, tiny_model(family))

@@ -12,14 +12,18 @@ __all__ = ["CpuBackend"]
 
 
 @functools.cache
-def cpu_has_bf16() -> bool:
-    """AVX-512 BF16 or AMX: bf16 matmuls run natively (and faster than fp32)."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+            return frozenset(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+        return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matmuls run natively (and faster than fp32)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 class CpuBackend(Backend):
@@ -37,6 +41,7 @@ class CpuBackend(Backend):
 
     def create_worker(self, config: EngineConfig) -> Worker:
         from octavo_cpu.attention import TorchPagedAttention
+        from octavo_cpu.kernels import native
         from octavo_cpu.worker import CpuWorker
 
-        return CpuWorker(config, self, torch.device("cpu"), TorchPagedAttention())
+        return CpuWorker(config, self, torch.device("cpu"), TorchPagedAttention(native()))

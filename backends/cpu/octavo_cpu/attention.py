@@ -1,10 +1,10 @@
-"""Paged attention in plain torch for varlen batches that mix prefill chunks and decodes.
+"""Paged attention for varlen batches that mix prefill chunks and decodes.
 
-Cache layout: [2 (K, V), num_blocks, block_size, kv_heads, head_dim]. Decodes are batched:
-their blocks are gathered block-wise (not token-wise), padded positions masked, and torch's
-SDPA does the math. Each prefill chunk attends alone; a chunk with no earlier context skips
-the gather entirely. (A hand-written C++ decode kernel reading the cache in place measured
-slower than this on an AVX-512 machine, so it was dropped.)
+Cache layout, per block and kv head: K is [head_dim, block_size] (token-minor, so the C++
+decode kernel scores 16 tokens per vector op) and V is [block_size, head_dim]. Decodes run
+batched in that kernel, which reads the cache in place; without it (no AVX-512 or no
+compiler) their blocks are gathered and padded positions masked for torch's SDPA. Each
+prefill chunk attends alone through SDPA; a chunk with no earlier context skips the gather.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from octavo.backend import AttentionBackend, AttentionSpec, BatchLayout
 @dataclass(slots=True)
 class DecodeBatch:
     tokens: slice | torch.Tensor  # rows of the flat batch; a slice when they lead the batch
-    block_table: torch.Tensor  # [Bd, nb] long
-    seq_lens: torch.Tensor  # [Bd] long
+    block_table: torch.Tensor  # [Bd, nb] int32
+    seq_lens: torch.Tensor  # [Bd] int32
 
 
 @dataclass(slots=True)
@@ -33,15 +33,38 @@ class PrefillChunk:
 
 @dataclass(slots=True)
 class CpuAttentionMetadata:
-    slot_mapping: torch.Tensor
+    slot_blocks: torch.Tensor  # [T] block of each new token's slot
+    slot_offsets: torch.Tensor  # [T] its offset in the block
     decode: DecodeBatch | None
     prefills: list[PrefillChunk]
     masks: dict = field(default_factory=dict)  # (kind, index, window) -> bool mask, per step
 
 
 class TorchPagedAttention(AttentionBackend):
+    def __init__(self, native=None):
+        self.native = native  # the compiled kernels module, or None for the torch path
+
     def kv_cache_shape(self, num_blocks, block_size, num_kv_heads, head_dim):
-        return (2, num_blocks, block_size, num_kv_heads, head_dim)
+        return (2, num_blocks, num_kv_heads, block_size * head_dim)
+
+    @staticmethod
+    def block_views(kv_cache: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K [num_blocks, kv_heads, head_dim, block_size] and V [num_blocks, kv_heads, block_size, head_dim]."""
+        num_blocks, heads, size = kv_cache.shape[1:]
+        bs = size // head_dim
+        return kv_cache[0].view(num_blocks, heads, head_dim, bs), kv_cache[1].view(num_blocks, heads, bs, head_dim)
+
+    def token_views(self, kv_cache: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V as [num_blocks, block_size, kv_heads, head_dim] (strided) views of the cache."""
+        k, v = self.block_views(kv_cache, head_dim)
+        return k.permute(0, 3, 1, 2), v.transpose(1, 2)
+
+    def write(self, kv_cache: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor,
+              k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store new tokens' k/v [T, Hkv, D] at (block, offset) slots."""
+        k_tokens, v_tokens = self.token_views(kv_cache, k.shape[-1])
+        k_tokens.index_put_((blocks, offsets), k)
+        v_tokens.index_put_((blocks, offsets), v)
 
     def build_metadata(self, layout: BatchLayout, device: torch.device) -> CpuAttentionMetadata:
         starts = layout.query_start_loc.tolist()
@@ -54,7 +77,7 @@ class TorchPagedAttention(AttentionBackend):
                 decode_rows.append(i)
                 continue
             nb = -(-seq_len // bs)
-            block_ids = layout.block_tables[i, :nb].long() if seq_len > query_len else None
+            block_ids = layout.block_tables[i, :nb] if seq_len > query_len else None
             prefills.append(PrefillChunk(starts[i], starts[i + 1], block_ids, seq_len))
         decode = None
         if decode_rows:
@@ -63,26 +86,29 @@ class TorchPagedAttention(AttentionBackend):
             nb = -(-int(dec_lens.max()) // bs)
             leading = decode_rows[-1] == len(decode_rows) - 1  # then their tokens are 0..Bd-1
             tokens = slice(0, len(decode_rows)) if leading else layout.query_start_loc[rows].long().to(device)
-            decode = DecodeBatch(tokens, layout.block_tables[rows, :nb].long().to(device),
-                                 dec_lens.long().to(device))
-        return CpuAttentionMetadata(layout.slot_mapping.to(device), decode, prefills)
+            decode = DecodeBatch(tokens, layout.block_tables[rows, :nb].contiguous().to(device), dec_lens.to(device))
+        slots = layout.slot_mapping.to(device)
+        return CpuAttentionMetadata(slots // bs, slots % bs, decode, prefills)
 
     def forward(self, spec: AttentionSpec, q, k, v, kv_cache, md: CpuAttentionMetadata):
-        k_cache, v_cache = kv_cache[0], kv_cache[1]
-        flat_shape = (-1, spec.num_kv_heads, spec.head_dim)
-        k_cache.view(flat_shape).index_copy_(0, md.slot_mapping, k)
-        v_cache.view(flat_shape).index_copy_(0, md.slot_mapping, v)
+        self.write(kv_cache, md.slot_blocks, md.slot_offsets, k, v)
         if md.decode is not None and not md.prefills:
-            return self._decode(spec, q, k_cache, v_cache, md)
+            return self._decode(spec, q, kv_cache, md)
+        k_cache, v_cache = self.token_views(kv_cache, spec.head_dim)
         out = torch.empty_like(q)
         if md.decode is not None:
-            out[md.decode.tokens] = self._decode(spec, q[md.decode.tokens], k_cache, v_cache, md)
+            out[md.decode.tokens] = self._decode(spec, q[md.decode.tokens], kv_cache, md)
         for n, chunk in enumerate(md.prefills):
             out[chunk.start:chunk.end] = self._prefill(spec, n, chunk, q, k, v, k_cache, v_cache, md)
         return out
 
-    def _decode(self, spec, q, k_cache, v_cache, md):
+    def _decode(self, spec, q, kv_cache, md):
         dec = md.decode
+        if self.native is not None:
+            return self.native.paged_decode(q.contiguous(), *self.block_views(kv_cache, spec.head_dim),
+                                            dec.block_table, dec.seq_lens, spec.scale, spec.sliding_window or 0,
+                                            spec.logit_softcap or 0.0)
+        k_cache, v_cache = self.token_views(kv_cache, spec.head_dim)
         num, nb = dec.block_table.shape
         keys = _gather(k_cache, dec.block_table, num)  # [Bd, Hkv, L, D]
         values = _gather(v_cache, dec.block_table, num)
@@ -124,7 +150,7 @@ def _gather(cache: torch.Tensor, block_table: torch.Tensor, num: int) -> torch.T
     """[num_blocks, bs, Hkv, D] x [B, nb] -> [B, Hkv, nb * bs, D], copying whole blocks."""
     blocks = cache.index_select(0, block_table.flatten())
     _, bs, heads, dim = blocks.shape
-    return blocks.view(num, -1, heads, dim).transpose(1, 2)
+    return blocks.reshape(num, -1, heads, dim).transpose(1, 2)
 
 
 def _attend(spec: AttentionSpec, q, k, v, mask):

@@ -1,19 +1,23 @@
-"""CPU worker: the core's torch worker, with KV memory from `kv_cache_memory` and a thread count."""
+"""CPU worker: the core's torch worker, with KV memory from `kv_cache_memory`, a thread count
+and pre-packed linear weights."""
 from __future__ import annotations
 
 import torch
 
-from octavo.config import ConfigError
+from octavo.config import ConfigError, ModelConfig
 from octavo.worker import TorchWorker
+from octavo_cpu.linear import pack_linears
 
 DEFAULT_KV_CACHE_MEMORY = 4 << 30  # bytes, as vLLM's VLLM_CPU_KVCACHE_SPACE default
 
 
 class CpuWorker(TorchWorker):
-    def load_model(self):
+    def load_model(self) -> ModelConfig:
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
-        return super().load_model()
+        model_config = super().load_model()
+        pack_linears(self.model, self.config.max_num_seqs)
+        return model_config
 
     def num_kv_blocks(self, block_size: int) -> int:
         per_block = self.kv_bytes_per_block(block_size)

@@ -4,6 +4,7 @@ import torch
 
 from octavo.backend import AttentionSpec, BatchLayout
 from octavo_cpu.attention import TorchPagedAttention
+from octavo_cpu.kernels import native
 
 
 def dense_reference(spec, q_rows, keys, values, positions):
@@ -47,30 +48,35 @@ def paged_batch(query_lens, seq_lens, spec, block_size, dtype, gen):
     return layout, tables, keys, values, num_blocks
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("use_native", [True, False], ids=["native", "torch"])
+@pytest.mark.parametrize("shape", [(6, 2, 16, 4), (9, 3, 64, 16), (4, 1, 40, 32)],
+                         ids=lambda s: "h{}-kv{}-d{}-bs{}".format(*s))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("window,softcap", [(None, None), (7, None), (None, 30.0)])
 @pytest.mark.parametrize("query_lens,seq_lens", [
     ([1, 1, 1], [5, 40, 17]),  # decode only
     ([9, 20], [9, 33]),  # prefill: fresh, and a chunk after context
     ([1, 12, 1, 5], [30, 12, 1, 50]),  # mixed, decodes not leading
 ])
-def test_attention_matches_dense_reference(dtype, window, softcap, query_lens, seq_lens):
+def test_attention_matches_dense_reference(use_native, dtype, window, softcap, query_lens, seq_lens, shape):
+    if use_native and native() is None:
+        pytest.skip("no AVX-512 or no C++ toolchain here: the torch path is what runs")
+    heads, kv_heads, head_dim, block_size = shape
     gen = torch.Generator().manual_seed(0)
-    spec = AttentionSpec(num_heads=6, num_kv_heads=2, head_dim=16, scale=0.3, sliding_window=window,
-                         logit_softcap=softcap)
-    block_size = 4
+    spec = AttentionSpec(num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, scale=0.3,
+                         sliding_window=window, logit_softcap=softcap)
     layout, tables, keys, values, num_blocks = paged_batch(query_lens, seq_lens, spec, block_size, dtype, gen)
-    backend = TorchPagedAttention()
-    cache = torch.zeros(backend.kv_cache_shape(num_blocks, block_size, 2, 16), dtype=dtype)
+    backend = TorchPagedAttention(native() if use_native else None)
+    cache = torch.zeros(backend.kv_cache_shape(num_blocks, block_size, kv_heads, head_dim), dtype=dtype)
     for t, k, v in zip(tables, keys, values):  # earlier context is already in the cache
-        for p in range(k.shape[0]):
-            cache[0, t[p // block_size], p % block_size] = k[p]
-            cache[1, t[p // block_size], p % block_size] = v[p]
+        positions = torch.arange(k.shape[0])
+        blocks = torch.tensor(t)[positions // block_size]
+        backend.write(cache, blocks, positions % block_size, k, v)
     new = lambda xs: torch.cat([x[s - n:] for x, s, n in zip(xs, seq_lens, query_lens)])  # noqa: E731
-    q = torch.randn(sum(query_lens), 6, 16, generator=gen).to(dtype)
+    q = torch.randn(sum(query_lens), heads, head_dim, generator=gen).to(dtype)
     out = backend.forward(spec, q, new(keys), new(values), cache, backend.build_metadata(layout, torch.device("cpu")))
     positions = [p for s, n in zip(seq_lens, query_lens) for p in range(s - n, s)]
     owner = [i for i, n in enumerate(query_lens) for _ in range(n)]
     expected = dense_reference(spec, q, [keys[i] for i in owner], [values[i] for i in owner], positions)
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)

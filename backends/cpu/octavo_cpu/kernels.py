@@ -1,0 +1,35 @@
+"""The backend's C++ kernels, compiled on first use for this CPU and cached by torch.
+
+They need AVX-512 and a C++20 compiler. Without either the backend runs its plain-torch
+path and says so once; OCTAVO_CPU_KERNELS=0 forces that path.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+from octavo_cpu import cpu_flags
+
+logger = logging.getLogger("octavo")
+_SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", "paged_decode.cpp")]
+
+
+@functools.cache
+def native():
+    """The compiled module, or None."""
+    if os.environ.get("OCTAVO_CPU_KERNELS", "1") == "0":
+        return None
+    if not {"avx512f", "avx512bw", "avx512vl"} <= cpu_flags():
+        logger.info("octavo-cpu: no AVX-512 on this CPU; using the torch attention path")
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load("octavo_cpu_kernels", _SOURCES, extra_cflags=["-O3", "-march=native", "-std=c++20", "-fopenmp"],
+                    extra_ldflags=["-fopenmp"],
+                    verbose=False)
+    except Exception as exc:  # no compiler or ninja: still correct, just slower
+        logger.warning("octavo-cpu: C++ kernels unavailable (%s); using the torch attention path", exc)
+        return None
+
