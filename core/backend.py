@@ -254,8 +254,9 @@ class Backend(ABC):
         return SamplerOps()
 
     def layer_ops(self) -> LayerOps:
-        """The core models' RMSNorms (with the residual add before them) and rotary embeddings;
-        `TorchWorker` builds the model with these. Override with fused kernels."""
+        """The core models' RMSNorms (with the residual add before them), rotary embeddings and
+        gated-MLP activations; `TorchWorker` builds the model with these. Override with fused
+        kernels."""
         from octavo.models.ops import LayerOps
 
         return LayerOps()

@@ -46,7 +46,7 @@ class Gemma3DecoderLayer(nn.Module):
         eps = config.rms_norm_eps
         self.layer_type = config.layer_types[layer]
         self.self_attn = Gemma3Attention(config, layer, ops)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_activation)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_activation, ops)
         self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps, ops)
         self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps, ops)
         self.pre_feedforward_layernorm = GemmaRMSNorm(config.hidden_size, eps, ops)

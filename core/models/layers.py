@@ -5,11 +5,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from octavo.backend import AttentionBackend, AttentionSpec
-from octavo.models.ops import LayerOps, Rope
+from octavo.models.ops import ACTIVATIONS, LayerOps, Rope
 
 
 @dataclass(slots=True)
@@ -101,19 +100,17 @@ class Attention(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, act: str):
+    def __init__(self, hidden: int, intermediate: int, act: str, ops: LayerOps):
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unsupported activation {act!r} (known: {', '.join(ACTIVATIONS)})")
         self.gate_up_proj = MergedLinear(hidden, [intermediate, intermediate], bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-        self.act = {"silu": F.silu, "gelu_pytorch_tanh": _gelu_tanh, "gelu": F.gelu}[act]
+        self.act = act
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(self.act(gate).mul_(up))  # in place: one allocation less per layer
-
-
-def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
+        return self.down_proj(self.ops.act_and_mul(self.gate_up_proj(x), self.act))
 
 
 PACKED_MODULES = {

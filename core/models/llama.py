@@ -59,7 +59,7 @@ class LlamaDecoderLayer(nn.Module):
     def __init__(self, config, layer: int, qk_norm: bool, ops: LayerOps):
         super().__init__()
         self.self_attn = LlamaAttention(config, layer, qk_norm, ops)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act, ops)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 

@@ -1,7 +1,8 @@
 """`LayerOps`: the small per-layer math of the core's models, which a backend may fuse.
 
 `Backend.layer_ops()` returns one; the worker hands it to the model when it builds it, and
-every RMSNorm (with the residual add in front of it) and rotary embedding goes through it.
+every RMSNorm (with the residual add in front of it), rotary embedding and gated MLP
+activation goes through it.
 The defaults here are plain torch, op for op as HF transformers, so the CPU backend matches
 HF bit for bit. A backend overrides a method with kernels that compute the same thing (the
 CUDA backend's Triton RMSNorm and rotary kernels turn ~8 small kernels into one).
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 Rope = Any  # one step's rope rows: made by `LayerOps.rope_rows`, read by `LayerOps.rope`
 
@@ -49,6 +51,22 @@ class LayerOps:
         """
         cos, sin = rows
         return (q * cos).add_(_rotate_half(q).mul_(sin)), (k * cos).add_(_rotate_half(k).mul_(sin))
+
+
+    def act_and_mul(self, gate_up: torch.Tensor, act: str) -> torch.Tensor:
+        """act(gate) * up for gate_up = [gate | up] on the last dim (`act` a key of ACTIVATIONS).
+
+        May overwrite gate_up: callers use only the result.
+        """
+        gate, up = gate_up.chunk(2, dim=-1)
+        return ACTIVATIONS[act](gate).mul_(up)
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": _gelu_tanh, "gelu": F.gelu}  # HF config names
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Octavo's CPU backend: plain torch, bf16 where the CPU has native bf16, fp32 elsewhere."""
+"""Octavo's CPU backend: torch with oneDNN matmuls and C++ AVX-512 kernels (attention over the
+paged cache, fused layer ops); bf16 where the CPU has native bf16, fp32 elsewhere."""
 from __future__ import annotations
 
 import functools
@@ -7,6 +8,7 @@ import torch
 
 from octavo.backend import Availability, Backend, Worker
 from octavo.config import EngineConfig
+from octavo.models.ops import LayerOps
 
 __all__ = ["CpuBackend"]
 
@@ -38,6 +40,15 @@ class CpuBackend(Backend):
 
     def default_dtype(self) -> torch.dtype:
         return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+    def layer_ops(self) -> LayerOps:
+        from octavo_cpu.kernels import native
+
+        if native() is None:
+            return LayerOps()
+        from octavo_cpu.layer_ops import CpuLayerOps
+
+        return CpuLayerOps(native())
 
     def create_worker(self, config: EngineConfig) -> Worker:
         from octavo_cpu.attention import TorchPagedAttention

@@ -6,13 +6,16 @@ path and says so once; OCTAVO_CPU_KERNELS=0 forces that path.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 
 from octavo_cpu import cpu_flags
 
 logger = logging.getLogger("octavo")
-_SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", "paged_decode.cpp")]
+_CSRC = os.path.join(os.path.dirname(__file__), "csrc")
+_SOURCES = [os.path.join(_CSRC, name) for name in ("bindings.cpp", "paged_decode.cpp", "layer_ops.cpp")]
+_HEADERS = [os.path.join(_CSRC, "vec.h")]
 
 
 @functools.cache
@@ -26,10 +29,18 @@ def native():
     try:
         from torch.utils.cpp_extension import load
 
-        return load("octavo_cpu_kernels", _SOURCES, extra_cflags=["-O3", "-march=native", "-std=c++20", "-fopenmp"],
-                    extra_ldflags=["-fopenmp"],
-                    verbose=False)
+        flags = ["-O3", "-march=native", "-std=c++20", "-fopenmp", f"-DOCTAVO_HEADERS={_headers_hash()}"]
+        return load("octavo_cpu_kernels", _SOURCES, extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as exc:  # no compiler or ninja: still correct, just slower
         logger.warning("octavo-cpu: C++ kernels unavailable (%s); using the torch attention path", exc)
         return None
 
+
+
+def _headers_hash() -> str:
+    """torch rebuilds when the sources or flags change, not the headers: this flag carries them."""
+    digest = hashlib.sha1()
+    for path in _HEADERS:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:12]

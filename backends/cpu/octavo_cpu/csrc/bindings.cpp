@@ -1,0 +1,17 @@
+// The module torch builds from csrc/: one entry per kernel.
+#include <torch/extension.h>
+
+at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                        const at::Tensor& block_table, const at::Tensor& seq_lens, double scale, int64_t window,
+                        double softcap);
+at::Tensor rms_norm(at::Tensor x, const at::Tensor& weight, double eps, c10::optional<at::Tensor> residual,
+                    bool gemma);
+at::Tensor silu_and_mul(const at::Tensor& gate_up);
+void rope_(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin);
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("paged_decode", &paged_decode);
+  m.def("rms_norm", &rms_norm);
+  m.def("silu_and_mul", &silu_and_mul);
+  m.def("rope_", &rope_);
+}
