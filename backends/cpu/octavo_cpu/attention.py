@@ -33,8 +33,7 @@ class PrefillChunk:
 
 @dataclass(slots=True)
 class CpuAttentionMetadata:
-    slot_blocks: torch.Tensor  # [T] block of each new token's slot
-    slot_offsets: torch.Tensor  # [T] its offset in the block
+    slot_mapping: torch.Tensor  # [T] int64: block * block_size + offset of each new token
     decode: DecodeBatch | None
     prefills: list[PrefillChunk]
     masks: dict = field(default_factory=dict)  # (kind, index, window) -> bool mask, per step
@@ -59,12 +58,15 @@ class TorchPagedAttention(AttentionBackend):
         k, v = self.block_views(kv_cache, head_dim)
         return k.permute(0, 3, 1, 2), v.transpose(1, 2)
 
-    def write(self, kv_cache: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor,
-              k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store new tokens' k/v [T, Hkv, D] at (block, offset) slots."""
-        k_tokens, v_tokens = self.token_views(kv_cache, k.shape[-1])
-        k_tokens.index_put_((blocks, offsets), k)
-        v_tokens.index_put_((blocks, offsets), v)
+    def write(self, kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store new tokens' k/v [T, Hkv, D] at their slots."""
+        head_dim = k.shape[-1]
+        if self.native is not None:
+            return self.native.write_kv(*self.block_views(kv_cache, head_dim), k, v, slot_mapping)
+        bs = kv_cache.shape[-1] // head_dim
+        k_tokens, v_tokens = self.token_views(kv_cache, head_dim)
+        k_tokens.index_put_((slot_mapping // bs, slot_mapping % bs), k)
+        v_tokens.index_put_((slot_mapping // bs, slot_mapping % bs), v)
 
     def build_metadata(self, layout: BatchLayout, device: torch.device) -> CpuAttentionMetadata:
         starts = layout.query_start_loc.tolist()
@@ -87,11 +89,10 @@ class TorchPagedAttention(AttentionBackend):
             leading = decode_rows[-1] == len(decode_rows) - 1  # then their tokens are 0..Bd-1
             tokens = slice(0, len(decode_rows)) if leading else layout.query_start_loc[rows].long().to(device)
             decode = DecodeBatch(tokens, layout.block_tables[rows, :nb].contiguous().to(device), dec_lens.to(device))
-        slots = layout.slot_mapping.to(device)
-        return CpuAttentionMetadata(slots // bs, slots % bs, decode, prefills)
+        return CpuAttentionMetadata(layout.slot_mapping.to(device), decode, prefills)
 
     def forward(self, spec: AttentionSpec, q, k, v, kv_cache, md: CpuAttentionMetadata):
-        self.write(kv_cache, md.slot_blocks, md.slot_offsets, k, v)
+        self.write(kv_cache, md.slot_mapping, k, v)
         if md.decode is not None and not md.prefills:
             return self._decode(spec, q, kv_cache, md)
         k_cache, v_cache = self.token_views(kv_cache, spec.head_dim)
@@ -105,7 +106,7 @@ class TorchPagedAttention(AttentionBackend):
     def _decode(self, spec, q, kv_cache, md):
         dec = md.decode
         if self.native is not None:
-            return self.native.paged_decode(q.contiguous(), *self.block_views(kv_cache, spec.head_dim),
+            return self.native.paged_decode(q, *self.block_views(kv_cache, spec.head_dim),
                                             dec.block_table, dec.seq_lens, spec.scale, spec.sliding_window or 0,
                                             spec.logit_softcap or 0.0)
         k_cache, v_cache = self.token_views(kv_cache, spec.head_dim)

@@ -14,7 +14,7 @@ from octavo_cpu import cpu_flags
 
 logger = logging.getLogger("octavo")
 _CSRC = os.path.join(os.path.dirname(__file__), "csrc")
-_SOURCES = [os.path.join(_CSRC, name) for name in ("bindings.cpp", "paged_decode.cpp", "layer_ops.cpp")]
+_SOURCES = [os.path.join(_CSRC, name) for name in ("bindings.cpp", "paged_attention.cpp", "layer_ops.cpp")]
 _HEADERS = [os.path.join(_CSRC, "vec.h")]
 
 

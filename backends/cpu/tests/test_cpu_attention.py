@@ -70,11 +70,12 @@ def test_attention_matches_dense_reference(use_native, dtype, window, softcap, q
     cache = torch.zeros(backend.kv_cache_shape(num_blocks, block_size, kv_heads, head_dim), dtype=dtype)
     for t, k, v in zip(tables, keys, values):  # earlier context is already in the cache
         positions = torch.arange(k.shape[0])
-        blocks = torch.tensor(t)[positions // block_size]
-        backend.write(cache, blocks, positions % block_size, k, v)
+        backend.write(cache, torch.tensor(t)[positions // block_size] * block_size + positions % block_size, k, v)
     new = lambda xs: torch.cat([x[s - n:] for x, s, n in zip(xs, seq_lens, query_lens)])  # noqa: E731
     q = torch.randn(sum(query_lens), heads, head_dim, generator=gen).to(dtype)
-    out = backend.forward(spec, q, new(keys), new(values), cache, backend.build_metadata(layout, torch.device("cpu")))
+    qkv = torch.cat([q, new(keys), new(values)], dim=1)  # q, k, v as the model has them: views of one buffer
+    q_view, k_view, v_view = qkv.split([heads, kv_heads, kv_heads], dim=1)
+    out = backend.forward(spec, q_view, k_view, v_view, cache, backend.build_metadata(layout, torch.device("cpu")))
     positions = [p for s, n in zip(seq_lens, query_lens) for p in range(s - n, s)]
     owner = [i for i, n in enumerate(query_lens) for _ in range(n)]
     expected = dense_reference(spec, q, [keys[i] for i in owner], [values[i] for i in owner], positions)

@@ -1,5 +1,6 @@
-// Paged attention for decode rows (one query token per sequence), reading K and V in place
-// from the block-paged cache: no gathered copy of the context.
+// The paged KV cache on the CPU: writing new tokens' K and V into their slots, and attention
+// for decode rows (one query token per sequence) reading K and V in place from the blocks,
+// with no gathered copy of the context.
 //
 // Layout per block and kv head: K is [head_dim, block_size] (token-minor), V is
 // [block_size, head_dim]. With K token-minor, the scores of 16 tokens are one AVX-512
@@ -13,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -181,28 +183,29 @@ void decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / sh.kv_heads, h = task % sh.kv_heads;
       const int64_t len = lens[s], first = window > 0 ? std::max<int64_t>(0, len - window) : 0;
-      const int64_t row = (s * sh.heads + h * sh.group) * sh.dim;
-      attend<T>(sh, qp + row, kp + h * kv_stride, vp + h * kv_stride, tables + s * sh.max_blocks, len, first,
-                static_cast<float>(scale), static_cast<float>(cap), op + row, scratch);
+      const int64_t row = h * sh.group * sh.dim;
+      attend<T>(sh, qp + s * q.stride(0) + row, kp + h * kv_stride, vp + h * kv_stride, tables + s * sh.max_blocks,
+                len, first, static_cast<float>(scale), static_cast<float>(cap), op + s * sh.heads * sh.dim + row,
+                scratch);
     }
   });
 }
 
 }  // namespace
 
-// q [S, H, D] contiguous; k_cache [N, Hkv, D, block_size], v_cache [N, Hkv, block_size, D]
+// q [S, H, D] with contiguous head rows; k_cache [N, Hkv, D, block_size], v_cache [N, Hkv, block_size, D]
 // contiguous, same dtype as q; block_table [S, nb] int32; seq_lens [S] int32.
 // window <= 0: no sliding window; softcap <= 0: none. Returns [S, H, D].
 at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& block_table, const at::Tensor& seq_lens, double scale, int64_t window,
                         double softcap) {
-  TORCH_CHECK(q.dim() == 3 && q.is_contiguous(), "q must be a contiguous [S, H, D]");
+  TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2), "q must be [S, H, D], head rows contiguous");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
   TORCH_CHECK(k_cache.scalar_type() == q.scalar_type() && v_cache.scalar_type() == q.scalar_type(),
               "q and cache dtypes differ");
   TORCH_CHECK(block_table.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt,
               "block_table and seq_lens must be int32");
-  auto out = at::empty_like(q);
+  auto out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
   const auto tables = block_table.contiguous(), lens = seq_lens.contiguous();
   switch (q.scalar_type()) {
     case at::kFloat: decode<float>(q, k_cache, v_cache, tables, lens, out, scale, window, softcap); break;
@@ -211,4 +214,34 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
     default: TORCH_CHECK(false, "paged_decode: unsupported dtype ", q.scalar_type());
   }
   return out;
+}
+
+// k, v [T, Hkv, D] (head rows contiguous) into k_cache [N, Hkv, D, block_size] and v_cache
+// [N, Hkv, block_size, D] at slot_mapping [T] (int64, block * block_size + offset).
+void write_kv(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
+              const at::Tensor& slot_mapping) {
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
+  TORCH_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == v_cache.scalar_type(),
+              "k/v and cache dtypes differ");
+  TORCH_CHECK(k.stride(2) == 1 && k.stride(1) == k.size(2) && v.stride(2) == 1 && v.stride(1) == v.size(2),
+              "k and v must be [T, Hkv, D], head rows contiguous");
+  const auto slots = slot_mapping.contiguous();
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  const int64_t heads = k.size(1), dim = k.size(2), bs = k_cache.size(3), elem = k.element_size();
+  const char* kp = static_cast<const char*>(k.data_ptr());
+  const char* vp = static_cast<const char*>(v.data_ptr());
+  char* kc = static_cast<char*>(k_cache.data_ptr());
+  char* vc = static_cast<char*>(v_cache.data_ptr());
+  at::parallel_for(0, k.size(0), 64, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t block = sp[t] / bs, offset = sp[t] % bs;
+      for (int64_t h = 0; h < heads; ++h) {
+        const char* krow = kp + (t * k.stride(0) + h * dim) * elem;
+        char* kdst = kc + ((block * heads + h) * dim * bs + offset) * elem;
+        for (int64_t d = 0; d < dim; ++d) std::memcpy(kdst + d * bs * elem, krow + d * elem, elem);
+        std::memcpy(vc + (((block * heads + h) * bs + offset) * dim) * elem, vp + (t * v.stride(0) + h * dim) * elem,
+                    dim * elem);
+      }
+    }
+  });
 }
