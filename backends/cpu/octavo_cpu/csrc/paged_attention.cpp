@@ -14,7 +14,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -216,32 +215,46 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
   return out;
 }
 
+namespace {
+
+template <typename T>
+void write(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v, const int64_t* slots) {
+  const int64_t heads = k.size(1), dim = k.size(2), bs = k_cache.size(3);
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  T* kc = k_cache.data_ptr<T>();
+  T* vc = v_cache.data_ptr<T>();
+  at::parallel_for(0, k.size(0), 64, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t block = slots[t] / bs, offset = slots[t] % bs;
+      for (int64_t h = 0; h < heads; ++h) {
+        const T* krow = kp + t * k.stride(0) + h * dim;
+        T* kdst = kc + (block * heads + h) * dim * bs + offset;
+        for (int64_t d = 0; d < dim; ++d) kdst[d * bs] = krow[d];
+        std::copy_n(vp + t * v.stride(0) + h * dim, dim, vc + ((block * heads + h) * bs + offset) * dim);
+      }
+    }
+  });
+}
+
+}  // namespace
+
 // k, v [T, Hkv, D] (head rows contiguous) into k_cache [N, Hkv, D, block_size] and v_cache
 // [N, Hkv, block_size, D] at slot_mapping [T] (int64, block * block_size + offset).
 void write_kv(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
               const at::Tensor& slot_mapping) {
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
-  TORCH_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == v_cache.scalar_type(),
+  TORCH_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == k_cache.scalar_type() &&
+                  v_cache.scalar_type() == k_cache.scalar_type(),
               "k/v and cache dtypes differ");
   TORCH_CHECK(k.stride(2) == 1 && k.stride(1) == k.size(2) && v.stride(2) == 1 && v.stride(1) == v.size(2),
               "k and v must be [T, Hkv, D], head rows contiguous");
   const auto slots = slot_mapping.contiguous();
   const int64_t* sp = slots.data_ptr<int64_t>();
-  const int64_t heads = k.size(1), dim = k.size(2), bs = k_cache.size(3), elem = k.element_size();
-  const char* kp = static_cast<const char*>(k.data_ptr());
-  const char* vp = static_cast<const char*>(v.data_ptr());
-  char* kc = static_cast<char*>(k_cache.data_ptr());
-  char* vc = static_cast<char*>(v_cache.data_ptr());
-  at::parallel_for(0, k.size(0), 64, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t block = sp[t] / bs, offset = sp[t] % bs;
-      for (int64_t h = 0; h < heads; ++h) {
-        const char* krow = kp + (t * k.stride(0) + h * dim) * elem;
-        char* kdst = kc + ((block * heads + h) * dim * bs + offset) * elem;
-        for (int64_t d = 0; d < dim; ++d) std::memcpy(kdst + d * bs * elem, krow + d * elem, elem);
-        std::memcpy(vc + (((block * heads + h) * bs + offset) * dim) * elem, vp + (t * v.stride(0) + h * dim) * elem,
-                    dim * elem);
-      }
-    }
-  });
+  switch (k.scalar_type()) {
+    case at::kFloat: write<float>(k_cache, v_cache, k, v, sp); break;
+    case at::kBFloat16: write<c10::BFloat16>(k_cache, v_cache, k, v, sp); break;
+    case at::kHalf: write<c10::Half>(k_cache, v_cache, k, v, sp); break;
+    default: TORCH_CHECK(false, "write_kv: unsupported dtype ", k.scalar_type());
+  }
 }
