@@ -29,3 +29,8 @@ def test_logprobs_match_hf(tiny_model, family):
 def test_bf16_close_to_hf(tiny_model, family):
     """The bf16 path (packed matmuls, the C++ decode kernel where it builds) against HF fp32."""
     conformance.check_bf16_close_to_hf(make_cpu_llm, tiny_model(family))
+
+
+def test_bf16_close_to_hf_with_tile_friendly_heads(tiny_model):
+    """head_dim 32: the shape the CPU backend's AMX decode path takes, where the CPU has AMX."""
+    conformance.check_bf16_close_to_hf(make_cpu_llm, tiny_model("llama", head_dim=32))

@@ -1,10 +1,12 @@
 """Paged attention for varlen batches that mix prefill chunks and decodes.
 
-Cache layout, per block and kv head: K is [head_dim, block_size] (token-minor, so the C++
-decode kernel scores 16 tokens per vector op) and V is [block_size, head_dim]. Decodes run
-batched in that kernel, which reads the cache in place; without it (no AVX-512 or no
-compiler) their blocks are gathered and padded positions masked for torch's SDPA. Each
-prefill chunk attends alone through SDPA; a chunk with no earlier context skips the gather.
+Cache layout, per block and kv head, as the C++ decode kernel wants it: K [head_dim,
+block_size] (token-minor, so AVX-512 scores 16 tokens per vector op) and V [block_size,
+head_dim]; or, for bf16 on CPUs with AMX, the transpose (K [block_size, head_dim], V
+[head_dim, block_size]: the row-major tile operands). Decodes run batched in that kernel,
+which reads the cache in place; without it (no AVX-512 or no compiler) their blocks are
+gathered and padded positions masked for torch's SDPA. Each prefill chunk attends alone
+through SDPA; a chunk with no earlier context skips the gather.
 """
 from __future__ import annotations
 
@@ -42,29 +44,40 @@ class CpuAttentionMetadata:
 class TorchPagedAttention(AttentionBackend):
     def __init__(self, native=None):
         self.native = native  # the compiled kernels module, or None for the torch path
+        self.amx = native is not None and native.amx_available()
+
+    def uses_amx(self, spec: AttentionSpec, kv_cache: torch.Tensor) -> bool:
+        """Whether this layer's cache has the AMX layout (fixed per layer, so writes and reads agree)."""
+        block_size = kv_cache.shape[-1] // spec.head_dim
+        return (self.amx and kv_cache.dtype == torch.bfloat16 and block_size % 16 == 0
+                and spec.head_dim % 32 == 0 and spec.num_heads // spec.num_kv_heads <= 16)
 
     def kv_cache_shape(self, num_blocks, block_size, num_kv_heads, head_dim):
         return (2, num_blocks, num_kv_heads, block_size * head_dim)
 
     @staticmethod
-    def block_views(kv_cache: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K [num_blocks, kv_heads, head_dim, block_size] and V [num_blocks, kv_heads, block_size, head_dim]."""
+    def block_views(kv_cache: torch.Tensor, head_dim: int, amx: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """K [num_blocks, kv_heads, head_dim, block_size] and V [num_blocks, kv_heads, block_size,
+        head_dim]; with `amx` K [.., block_size, head_dim] and V [.., head_dim, block_size]."""
         num_blocks, heads, size = kv_cache.shape[1:]
-        bs = size // head_dim
-        return kv_cache[0].view(num_blocks, heads, head_dim, bs), kv_cache[1].view(num_blocks, heads, bs, head_dim)
+        dim_major, token_major = (num_blocks, heads, head_dim, size // head_dim), (num_blocks, heads, -1, head_dim)
+        k_shape, v_shape = (token_major, dim_major) if amx else (dim_major, token_major)
+        return kv_cache[0].view(k_shape), kv_cache[1].view(v_shape)
 
-    def token_views(self, kv_cache: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_views(self, kv_cache: torch.Tensor, head_dim: int, amx: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V as [num_blocks, block_size, kv_heads, head_dim] (strided) views of the cache."""
-        k, v = self.block_views(kv_cache, head_dim)
-        return k.permute(0, 3, 1, 2), v.transpose(1, 2)
+        k, v = self.block_views(kv_cache, head_dim, amx)
+        as_tokens = lambda x, token_major: x.transpose(1, 2) if token_major else x.permute(0, 3, 1, 2)  # noqa: E731
+        return as_tokens(k, amx), as_tokens(v, not amx)
 
-    def write(self, kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    def write(self, kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              amx: bool) -> None:
         """Store new tokens' k/v [T, Hkv, D] at their slots."""
         head_dim = k.shape[-1]
         if self.native is not None:
-            return self.native.write_kv(*self.block_views(kv_cache, head_dim), k, v, slot_mapping)
+            return self.native.write_kv(*self.block_views(kv_cache, head_dim, amx), k, v, slot_mapping, amx)
         bs = kv_cache.shape[-1] // head_dim
-        k_tokens, v_tokens = self.token_views(kv_cache, head_dim)
+        k_tokens, v_tokens = self.token_views(kv_cache, head_dim, amx)
         k_tokens.index_put_((slot_mapping // bs, slot_mapping % bs), k)
         v_tokens.index_put_((slot_mapping // bs, slot_mapping % bs), v)
 
@@ -92,24 +105,25 @@ class TorchPagedAttention(AttentionBackend):
         return CpuAttentionMetadata(layout.slot_mapping.to(device), decode, prefills)
 
     def forward(self, spec: AttentionSpec, q, k, v, kv_cache, md: CpuAttentionMetadata):
-        self.write(kv_cache, md.slot_mapping, k, v)
+        amx = self.uses_amx(spec, kv_cache)
+        self.write(kv_cache, md.slot_mapping, k, v, amx)
         if md.decode is not None and not md.prefills:
-            return self._decode(spec, q, kv_cache, md)
-        k_cache, v_cache = self.token_views(kv_cache, spec.head_dim)
+            return self._decode(spec, q, kv_cache, md, amx)
+        k_cache, v_cache = self.token_views(kv_cache, spec.head_dim, amx)
         out = torch.empty_like(q)
         if md.decode is not None:
-            out[md.decode.tokens] = self._decode(spec, q[md.decode.tokens], kv_cache, md)
+            out[md.decode.tokens] = self._decode(spec, q[md.decode.tokens], kv_cache, md, amx)
         for n, chunk in enumerate(md.prefills):
             out[chunk.start:chunk.end] = self._prefill(spec, n, chunk, q, k, v, k_cache, v_cache, md)
         return out
 
-    def _decode(self, spec, q, kv_cache, md):
+    def _decode(self, spec, q, kv_cache, md, amx):
         dec = md.decode
         if self.native is not None:
-            return self.native.paged_decode(q, *self.block_views(kv_cache, spec.head_dim),
+            return self.native.paged_decode(q, *self.block_views(kv_cache, spec.head_dim, amx),
                                             dec.block_table, dec.seq_lens, spec.scale, spec.sliding_window or 0,
-                                            spec.logit_softcap or 0.0)
-        k_cache, v_cache = self.token_views(kv_cache, spec.head_dim)
+                                            spec.logit_softcap or 0.0, amx)
+        k_cache, v_cache = self.token_views(kv_cache, spec.head_dim, amx)
         num, nb = dec.block_table.shape
         keys = _gather(k_cache, dec.block_table, num)  # [Bd, Hkv, L, D]
         values = _gather(v_cache, dec.block_table, num)

@@ -49,7 +49,7 @@ def paged_batch(query_lens, seq_lens, spec, block_size, dtype, gen):
 
 
 @pytest.mark.parametrize("use_native", [True, False], ids=["native", "torch"])
-@pytest.mark.parametrize("shape", [(6, 2, 16, 4), (9, 3, 64, 16), (4, 1, 40, 32)],
+@pytest.mark.parametrize("shape", [(6, 2, 16, 4), (9, 3, 64, 16), (4, 1, 40, 32), (8, 2, 128, 32), (16, 1, 32, 16)],
                          ids=lambda s: "h{}-kv{}-d{}-bs{}".format(*s))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("window,softcap", [(None, None), (7, None), (None, 30.0)])
@@ -70,7 +70,8 @@ def test_attention_matches_dense_reference(use_native, dtype, window, softcap, q
     cache = torch.zeros(backend.kv_cache_shape(num_blocks, block_size, kv_heads, head_dim), dtype=dtype)
     for t, k, v in zip(tables, keys, values):  # earlier context is already in the cache
         positions = torch.arange(k.shape[0])
-        backend.write(cache, torch.tensor(t)[positions // block_size] * block_size + positions % block_size, k, v)
+        slots = torch.tensor(t)[positions // block_size] * block_size + positions % block_size
+        backend.write(cache, slots, k, v, backend.uses_amx(spec, cache))
     new = lambda xs: torch.cat([x[s - n:] for x, s, n in zip(xs, seq_lens, query_lens)])  # noqa: E731
     q = torch.randn(sum(query_lens), heads, head_dim, generator=gen).to(dtype)
     qkv = torch.cat([q, new(keys), new(values)], dim=1)  # q, k, v as the model has them: views of one buffer
@@ -81,3 +82,14 @@ def test_attention_matches_dense_reference(use_native, dtype, window, softcap, q
     expected = dense_reference(spec, q, [keys[i] for i in owner], [values[i] for i in owner], positions)
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)
+
+
+def test_bf16_takes_the_amx_layout_where_the_cpu_has_amx():
+    """On an AMX machine the bf16 cases above run the tile kernel, not the AVX-512 one."""
+    if native() is None or not native().amx_available():
+        pytest.skip("no AMX here: bf16 runs the AVX-512 kernel")
+    backend = TorchPagedAttention(native())
+    cache = torch.zeros(backend.kv_cache_shape(4, 16, 3, 64), dtype=torch.bfloat16)
+    assert backend.uses_amx(AttentionSpec(9, 3, 64, scale=0.125), cache)
+    assert not backend.uses_amx(AttentionSpec(9, 3, 64, scale=0.125), cache.float())
+    assert not backend.uses_amx(AttentionSpec(6, 2, 16, scale=0.25), torch.zeros(backend.kv_cache_shape(4, 4, 2, 16)))

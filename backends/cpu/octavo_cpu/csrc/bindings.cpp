@@ -3,9 +3,10 @@
 
 at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& block_table, const at::Tensor& seq_lens, double scale, int64_t window,
-                        double softcap);
+                        double softcap, bool amx);
 void write_kv(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
-              const at::Tensor& slot_mapping);
+              const at::Tensor& slot_mapping, bool amx);
+bool amx_available();
 at::Tensor rms_norm(at::Tensor x, const at::Tensor& weight, double eps, c10::optional<at::Tensor> residual,
                     bool gemma);
 at::Tensor silu_and_mul(const at::Tensor& gate_up);
@@ -14,6 +15,7 @@ void rope_(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin);
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode", &paged_decode);
   m.def("write_kv", &write_kv);
+  m.def("amx_available", &amx_available);
   m.def("rms_norm", &rms_norm);
   m.def("silu_and_mul", &silu_and_mul);
   m.def("rope_", &rope_);

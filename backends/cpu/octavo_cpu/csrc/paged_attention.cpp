@@ -2,19 +2,27 @@
 // for decode rows (one query token per sequence) reading K and V in place from the blocks,
 // with no gathered copy of the context.
 //
-// Layout per block and kv head: K is [head_dim, block_size] (token-minor), V is
-// [block_size, head_dim]. With K token-minor, the scores of 16 tokens are one AVX-512
-// register built by broadcast FMAs over head_dim, so no horizontal sums are needed; V rows
-// are then accumulated 16 dims at a time. One task per (sequence, kv head) serves all query
-// heads of its group, so each cache line is read once per step. Softmax is online, block by
-// block, in fp32.
+// Two layouts per block and kv head, chosen by the caller:
+// - AVX-512 (any dtype): K is [head_dim, block_size] (token-minor), V is [block_size,
+//   head_dim]. With K token-minor, the scores of 16 tokens are one register built by
+//   broadcast FMAs over head_dim, with no horizontal sums; V rows are then accumulated 16 dims
+//   at a time.
+// - AMX (bf16, where the CPU has it): the transpose, K [block_size, head_dim] and V
+//   [head_dim, block_size], so that per 16 tokens scores^T = K q^T and out^T += V^T p^T are
+//   tile products with the cache as the row-major A operand, loaded straight from the block.
+// One task per (sequence, kv head) serves all query heads of its group, so each cache line is
+// read once per step. Softmax is exact (two passes: scores, then V), in fp32.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "vec.h"
@@ -165,10 +173,105 @@ void attend(const Shape& sh, const T* q, const T* k_cache, const T* v_cache, con
   for (int64_t i = 0; i < G * D; ++i) out[i] = static_cast<T>(w.acc[i]);
 }
 
+#ifdef __AMX_BF16__
+// Tiles, configured once per thread: SCORES/OUT are C (16 rows x G fp32), KEYS/VALUES A
+// (cache rows: 16 tokens x 32 dims, 16 dims x 16 tokens), QUERY/PROBS B (q and p as bf16
+// pairs along the reduced dim: 16 dim pairs, 8 token pairs, x G).
+// (Macros, not constants: GCC's tile intrinsics paste the tile number into the assembly.)
+#define TILE_SCORES 0
+#define TILE_KEYS 1
+#define TILE_QUERY 2
+#define TILE_OUT 3
+#define TILE_VALUES 4
+#define TILE_PROBS 5
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+void configure_tiles(int64_t group) {
+  static thread_local TileConfig c;  // not a local: GCC drops stores that only ldtilecfg reads
+  c = TileConfig{};
+  const auto g_bytes = static_cast<uint16_t>(4 * group);  // G fp32, or G bf16 pairs
+  const std::pair<int, std::pair<uint8_t, uint16_t>> shapes[] = {
+      {TILE_SCORES, {16, g_bytes}}, {TILE_KEYS, {16, 64}}, {TILE_QUERY, {16, g_bytes}},
+      {TILE_OUT, {16, g_bytes}},    {TILE_VALUES, {16, 32}}, {TILE_PROBS, {8, g_bytes}}};
+  for (const auto& [tile, shape] : shapes) c.rows[tile] = shape.first, c.colsb[tile] = shape.second;
+  _tile_loadconfig(&c);
+}
+
+bool amx_permitted() {  // Linux hands out the tile state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA)
+  static const bool ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  return ok;
+}
+
+struct AmxScratch {
+  std::vector<uint16_t> q;       // bf16 pairs (q[2j], q[2j + 1]) per head, the B operand
+  std::vector<uint32_t> probs;   // bf16 pairs (p[2j], p[2j + 1]) per head
+  std::vector<float> scores, acc, p;
+  AmxScratch(int64_t group, int64_t dim)
+      : q(group * dim), probs(group * kLanes / 2), scores(group * kLanes), acc(group * dim) {}
+};
+
+// As `attend`, for the AMX layout; block_size a multiple of 16, head_dim of 32, G <= 16.
+void attend_amx(const Shape& sh, const c10::BFloat16* q, const c10::BFloat16* k_cache, const c10::BFloat16* v_cache,
+                const int32_t* table, int64_t len, int64_t first, float scale, float cap, c10::BFloat16* out,
+                AmxScratch& w) {
+  const int64_t G = sh.group, D = sh.dim, bs = sh.block_size, block_stride = sh.kv_heads * bs * D;
+  const int64_t base = first / bs * bs, row = (len - base + 2 * kLanes - 1) / kLanes * kLanes;
+  if (static_cast<int64_t>(w.p.size()) < G * row) w.p.resize(G * row);
+  const __m512i token_rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                _mm512_set1_epi32(static_cast<int>(G)));
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(q);
+  for (int64_t j = 0; j < D / 2; ++j)
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t u = 0; u < 2; ++u) w.q[(j * G + g) * 2 + u] = bits[g * D + 2 * j + u];
+  for_chunks(first, len, bs, [&](int64_t b, int64_t c, int lo, int hi) {
+    const c10::BFloat16* kb = k_cache + table[b] * block_stride + c * D;
+    _tile_zero(TILE_SCORES);
+    for (int64_t d = 0; d < D; d += 32) {
+      _tile_loadd(TILE_KEYS, kb + d, D * 2);
+      _tile_loadd(TILE_QUERY, w.q.data() + d * G, 4 * G);
+      _tile_dpbf16ps(TILE_SCORES, TILE_KEYS, TILE_QUERY);
+    }
+    _tile_stored(TILE_SCORES, w.scores.data(), 4 * G);  // [16 tokens][G]: gather each head's row
+    float* p = w.p.data() + b * bs + c - base;
+    for (int64_t g = 0; g < G; ++g) {
+      __m512 x = _mm512_mul_ps(_mm512_i32gather_ps(_mm512_add_epi32(token_rows, _mm512_set1_epi32(g)),
+                                                   w.scores.data(), 4), _mm512_set1_ps(scale));
+      _mm512_mask_storeu_ps(p + g * row, lanes(hi), cap > 0 ? softcap(x, cap) : x);
+    }
+  });
+  for (int64_t g = 0; g < G; ++g) softmax(w.p.data() + g * row + first - base, len - first);
+  std::fill(w.acc.begin(), w.acc.end(), 0.f);
+  for_chunks(first, len, bs, [&](int64_t b, int64_t c, int lo, int hi) {
+    const float* p = w.p.data() + b * bs + c - base;
+    for (int64_t g = 0; g < G; ++g) {  // tokens outside [lo, hi) weigh 0: the V rows there may be stale
+      alignas(64) uint32_t pairs[kLanes / 2];
+      octavo::store(reinterpret_cast<c10::BFloat16*>(pairs), 0xFFFF,
+                    _mm512_maskz_loadu_ps(lanes(hi) & ~lanes(lo), p + g * row));
+      for (int j = 0; j < kLanes / 2; ++j) w.probs[j * G + g] = pairs[j];
+    }
+    _tile_loadd(TILE_PROBS, w.probs.data(), 4 * G);
+    const c10::BFloat16* vb = v_cache + table[b] * block_stride + c;
+    for (int64_t d = 0; d < D; d += kLanes) {
+      _tile_loadd(TILE_OUT, w.acc.data() + d * G, 4 * G);
+      _tile_loadd(TILE_VALUES, vb + d * bs, bs * 2);
+      _tile_dpbf16ps(TILE_OUT, TILE_VALUES, TILE_PROBS);
+      _tile_stored(TILE_OUT, w.acc.data() + d * G, 4 * G);
+    }
+  });
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t d = 0; d < D; ++d) out[g * D + d] = static_cast<c10::BFloat16>(w.acc[d * G + g]);
+}
+#endif
+
 template <typename T>
 void decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& block_table,
-            const at::Tensor& seq_lens, at::Tensor& out, double scale, int64_t window, double cap) {
-  const Shape sh{q.size(1), k_cache.size(1), q.size(1) / k_cache.size(1), q.size(2), k_cache.size(3),
+            const at::Tensor& seq_lens, at::Tensor& out, double scale, int64_t window, double cap, bool amx) {
+  const Shape sh{q.size(1), k_cache.size(1), q.size(1) / k_cache.size(1), q.size(2), v_cache.size(amx ? 3 : 2),
                  block_table.size(1)};
   const int64_t num_seqs = q.size(0), kv_stride = sh.dim * sh.block_size;
   const T* qp = q.data_ptr<T>();
@@ -179,37 +282,68 @@ void decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
   const int32_t* lens = seq_lens.data_ptr<int32_t>();
   at::parallel_for(0, num_seqs * sh.kv_heads, 1, [&](int64_t begin, int64_t end) {
     Scratch scratch(sh.group, sh.dim);
+#ifdef __AMX_BF16__
+    AmxScratch amx_scratch(sh.group, sh.dim);
+    if (amx) configure_tiles(sh.group);
+#endif
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / sh.kv_heads, h = task % sh.kv_heads;
       const int64_t len = lens[s], first = window > 0 ? std::max<int64_t>(0, len - window) : 0;
       const int64_t row = h * sh.group * sh.dim;
-      attend<T>(sh, qp + s * q.stride(0) + row, kp + h * kv_stride, vp + h * kv_stride, tables + s * sh.max_blocks,
-                len, first, static_cast<float>(scale), static_cast<float>(cap), op + s * sh.heads * sh.dim + row,
-                scratch);
+      const T* qs = qp + s * q.stride(0) + row;
+      T* os = op + s * sh.heads * sh.dim + row;
+#ifdef __AMX_BF16__
+      if constexpr (std::is_same_v<T, c10::BFloat16>) {
+        if (amx) {
+          attend_amx(sh, qs, kp + h * kv_stride, vp + h * kv_stride, tables + s * sh.max_blocks, len, first,
+                     static_cast<float>(scale), static_cast<float>(cap), os, amx_scratch);
+          continue;
+        }
+      }
+#endif
+      attend<T>(sh, qs, kp + h * kv_stride, vp + h * kv_stride, tables + s * sh.max_blocks, len, first,
+                static_cast<float>(scale), static_cast<float>(cap), os, scratch);
     }
+#ifdef __AMX_BF16__
+    if (amx) _tile_release();
+#endif
   });
 }
 
 }  // namespace
 
-// q [S, H, D] with contiguous head rows; k_cache [N, Hkv, D, block_size], v_cache [N, Hkv, block_size, D]
-// contiguous, same dtype as q; block_table [S, nb] int32; seq_lens [S] int32.
+// Whether this build and this process may use AMX tiles (the AMX layout and attention).
+bool amx_available() {
+#ifdef __AMX_BF16__
+  return amx_permitted();
+#else
+  return false;
+#endif
+}
+
+// q [S, H, D] with contiguous head rows; k_cache [N, Hkv, D, block_size] and v_cache
+// [N, Hkv, block_size, D], or with `amx` K [N, Hkv, block_size, D] and V [N, Hkv, D,
+// block_size] (bf16, block_size % 16 == 0, D % 32 == 0, H / Hkv <= 16); contiguous, same
+// dtype as q; block_table [S, nb] int32; seq_lens [S] int32.
 // window <= 0: no sliding window; softcap <= 0: none. Returns [S, H, D].
 at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& block_table, const at::Tensor& seq_lens, double scale, int64_t window,
-                        double softcap) {
+                        double softcap, bool amx) {
   TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2), "q must be [S, H, D], head rows contiguous");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
   TORCH_CHECK(k_cache.scalar_type() == q.scalar_type() && v_cache.scalar_type() == q.scalar_type(),
               "q and cache dtypes differ");
   TORCH_CHECK(block_table.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt,
               "block_table and seq_lens must be int32");
+  TORCH_CHECK(!amx || (amx_available() && q.scalar_type() == at::kBFloat16 && k_cache.size(2) % 16 == 0 &&
+                       q.size(2) % 32 == 0 && q.size(1) / k_cache.size(1) <= 16),
+              "the AMX layout needs AMX, bf16, block_size % 16 == 0, head_dim % 32 == 0 and a group <= 16");
   auto out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
   const auto tables = block_table.contiguous(), lens = seq_lens.contiguous();
   switch (q.scalar_type()) {
-    case at::kFloat: decode<float>(q, k_cache, v_cache, tables, lens, out, scale, window, softcap); break;
-    case at::kBFloat16: decode<c10::BFloat16>(q, k_cache, v_cache, tables, lens, out, scale, window, softcap); break;
-    case at::kHalf: decode<c10::Half>(q, k_cache, v_cache, tables, lens, out, scale, window, softcap); break;
+    case at::kFloat: decode<float>(q, k_cache, v_cache, tables, lens, out, scale, window, softcap, amx); break;
+    case at::kBFloat16: decode<c10::BFloat16>(q, k_cache, v_cache, tables, lens, out, scale, window, softcap, amx); break;
+    case at::kHalf: decode<c10::Half>(q, k_cache, v_cache, tables, lens, out, scale, window, softcap, amx); break;
     default: TORCH_CHECK(false, "paged_decode: unsupported dtype ", q.scalar_type());
   }
   return out;
@@ -217,9 +351,23 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
 
 namespace {
 
+// One token's rows [Hkv, D] into a block: token-major [Hkv, bs, D] or dim-major [Hkv, D, bs].
 template <typename T>
-void write(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v, const int64_t* slots) {
-  const int64_t heads = k.size(1), dim = k.size(2), bs = k_cache.size(3);
+inline void put(T* block, const T* rows, int64_t heads, int64_t dim, int64_t bs, int64_t offset, bool token_major) {
+  for (int64_t h = 0; h < heads; ++h) {
+    T* dst = block + h * dim * bs;
+    if (token_major) {
+      std::copy_n(rows + h * dim, dim, dst + offset * dim);
+    } else {
+      for (int64_t d = 0; d < dim; ++d) dst[d * bs + offset] = rows[h * dim + d];
+    }
+  }
+}
+
+template <typename T>
+void write(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v, const int64_t* slots,
+           bool amx) {
+  const int64_t heads = k.size(1), dim = k.size(2), bs = k_cache.numel() / (k_cache.size(0) * heads * dim);
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
   T* kc = k_cache.data_ptr<T>();
@@ -227,22 +375,18 @@ void write(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const 
   at::parallel_for(0, k.size(0), 64, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t block = slots[t] / bs, offset = slots[t] % bs;
-      for (int64_t h = 0; h < heads; ++h) {
-        const T* krow = kp + t * k.stride(0) + h * dim;
-        T* kdst = kc + (block * heads + h) * dim * bs + offset;
-        for (int64_t d = 0; d < dim; ++d) kdst[d * bs] = krow[d];
-        std::copy_n(vp + t * v.stride(0) + h * dim, dim, vc + ((block * heads + h) * bs + offset) * dim);
-      }
+      put(kc + block * heads * dim * bs, kp + t * k.stride(0), heads, dim, bs, offset, amx);
+      put(vc + block * heads * dim * bs, vp + t * v.stride(0), heads, dim, bs, offset, !amx);
     }
   });
 }
 
 }  // namespace
 
-// k, v [T, Hkv, D] (head rows contiguous) into k_cache [N, Hkv, D, block_size] and v_cache
-// [N, Hkv, block_size, D] at slot_mapping [T] (int64, block * block_size + offset).
+// k, v [T, Hkv, D] (head rows contiguous) into the caches (in `paged_decode`'s layouts) at
+// slot_mapping [T] (int64, block * block_size + offset).
 void write_kv(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
-              const at::Tensor& slot_mapping) {
+              const at::Tensor& slot_mapping, bool amx) {
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
   TORCH_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == k_cache.scalar_type() &&
                   v_cache.scalar_type() == k_cache.scalar_type(),
@@ -252,9 +396,9 @@ void write_kv(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, con
   const auto slots = slot_mapping.contiguous();
   const int64_t* sp = slots.data_ptr<int64_t>();
   switch (k.scalar_type()) {
-    case at::kFloat: write<float>(k_cache, v_cache, k, v, sp); break;
-    case at::kBFloat16: write<c10::BFloat16>(k_cache, v_cache, k, v, sp); break;
-    case at::kHalf: write<c10::Half>(k_cache, v_cache, k, v, sp); break;
+    case at::kFloat: write<float>(k_cache, v_cache, k, v, sp, amx); break;
+    case at::kBFloat16: write<c10::BFloat16>(k_cache, v_cache, k, v, sp, amx); break;
+    case at::kHalf: write<c10::Half>(k_cache, v_cache, k, v, sp, amx); break;
     default: TORCH_CHECK(false, "write_kv: unsupported dtype ", k.scalar_type());
   }
 }
