@@ -136,6 +136,8 @@ class TorchPagedAttention(AttentionBackend):
             if spec.sliding_window is not None:
                 mask &= pos >= lens - spec.sliding_window
             mask = md.masks[key] = mask[:, None, None, :]
+        unwritten = ~mask[:, :, 0, :, None]  # slots past each sequence may hold a former owner's NaN
+        keys, values = keys.masked_fill(unwritten, 0), values.masked_fill(unwritten, 0)
         return _attend(spec, q.unsqueeze(2), keys, values, mask).squeeze(2)
 
     def _prefill(self, spec, n, chunk, q, k, v, k_cache, v_cache, md):

@@ -93,3 +93,25 @@ def test_bf16_takes_the_amx_layout_where_the_cpu_has_amx():
     assert backend.uses_amx(AttentionSpec(9, 3, 64, scale=0.125), cache)
     assert not backend.uses_amx(AttentionSpec(9, 3, 64, scale=0.125), cache.float())
     assert not backend.uses_amx(AttentionSpec(6, 2, 16, scale=0.25), torch.zeros(backend.kv_cache_shape(4, 4, 2, 16)))
+
+
+@pytest.mark.parametrize("use_native", [True, False], ids=["native", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_stale_nan_beyond_a_sequence_does_not_leak_into_it(use_native, dtype):
+    """A freed block keeps what its last owner wrote (even NaN); the next owner's unwritten
+    slots must not reach its attention."""
+    if use_native and native() is None:
+        pytest.skip("no AVX-512 or no C++ toolchain here: the torch path is what runs")
+    spec = AttentionSpec(num_heads=9, num_kv_heads=3, head_dim=64, scale=0.125)
+    gen = torch.Generator().manual_seed(1)
+    layout, tables, keys, values, num_blocks = paged_batch([1, 1], [5, 21], spec, 16, dtype, gen)
+    backend = TorchPagedAttention(native() if use_native else None)
+    cache = torch.full(backend.kv_cache_shape(num_blocks, 16, 3, 64), float("nan"), dtype=dtype)
+    for t, k, v in zip(tables, keys, values):
+        positions = torch.arange(k.shape[0])
+        slots = torch.tensor(t)[positions // 16] * 16 + positions % 16
+        backend.write(cache, slots, k, v, backend.uses_amx(spec, cache))
+    q = torch.randn(2, 9, 64).to(dtype)
+    last = lambda xs: torch.stack([x[-1] for x in xs])  # noqa: E731 - each sequence's new token
+    out = backend.forward(spec, q, last(keys), last(values), cache, backend.build_metadata(layout, torch.device("cpu")))
+    assert not out.isnan().any()

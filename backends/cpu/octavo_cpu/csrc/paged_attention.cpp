@@ -211,8 +211,9 @@ struct AmxScratch {
   std::vector<uint16_t> q;       // bf16 pairs (q[2j], q[2j + 1]) per head, the B operand
   std::vector<uint32_t> probs;   // bf16 pairs (p[2j], p[2j + 1]) per head
   std::vector<float> scores, acc, p;
+  std::vector<c10::BFloat16> v_part;  // a partial chunk's V rows [dim, 16], zero elsewhere
   AmxScratch(int64_t group, int64_t dim)
-      : q(group * dim), probs(group * kLanes / 2), scores(group * kLanes), acc(group * dim) {}
+      : q(group * dim), probs(group * kLanes / 2), scores(group * kLanes), acc(group * dim), v_part(dim * kLanes) {}
 };
 
 // As `attend`, for the AMX layout; block_size a multiple of 16, head_dim of 32, G <= 16.
@@ -256,9 +257,15 @@ void attend_amx(const Shape& sh, const c10::BFloat16* q, const c10::BFloat16* k_
     }
     _tile_loadd(TILE_PROBS, w.probs.data(), 4 * G);
     const c10::BFloat16* vb = v_cache + table[b] * block_stride + c;
+    int64_t v_stride = bs;
+    if (lo > 0 || hi < kLanes) {  // a zero weight does not mask a stale NaN: copy the wanted tokens only
+      std::fill(w.v_part.begin(), w.v_part.end(), c10::BFloat16(0.f));
+      for (int64_t d = 0; d < D; ++d) std::copy(vb + d * bs + lo, vb + d * bs + hi, w.v_part.data() + d * kLanes + lo);
+      vb = w.v_part.data(), v_stride = kLanes;
+    }
     for (int64_t d = 0; d < D; d += kLanes) {
       _tile_loadd(TILE_OUT, w.acc.data() + d * G, 4 * G);
-      _tile_loadd(TILE_VALUES, vb + d * bs, bs * 2);
+      _tile_loadd(TILE_VALUES, vb + d * v_stride, v_stride * 2);
       _tile_dpbf16ps(TILE_OUT, TILE_VALUES, TILE_PROBS);
       _tile_stored(TILE_OUT, w.acc.data() + d * G, 4 * G);
     }
