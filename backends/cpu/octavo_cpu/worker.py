@@ -1,11 +1,12 @@
-"""CPU worker: the core's torch worker, with KV memory from `kv_cache_memory`, a thread count
-and pre-packed linear weights."""
+"""CPU worker: the core's torch worker, with KV memory from `kv_cache_memory`, a thread count,
+pre-packed linear weights and a malloc that keeps freed memory."""
 from __future__ import annotations
 
 import torch
 
 from octavo.config import ConfigError, ModelConfig
 from octavo.worker import TorchWorker
+from octavo_cpu.allocator import keep_freed_memory
 from octavo_cpu.linear import pack_linears
 
 DEFAULT_KV_CACHE_MEMORY = 4 << 30  # bytes, as vLLM's VLLM_CPU_KVCACHE_SPACE default
@@ -15,6 +16,7 @@ class CpuWorker(TorchWorker):
     def load_model(self) -> ModelConfig:
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
+        keep_freed_memory()
         model_config = super().load_model()
         pack_linears(self.model, self.config.max_num_seqs)
         return model_config
