@@ -1,10 +1,12 @@
-"""Keep freed memory in the process: glibc's defaults cost every step a round of page faults.
+"""Keep freed memory in the process: glibc's defaults cost steps rounds of page faults.
 
-glibc serves blocks over 128 KiB-32 MiB with mmap and unmaps them when freed, so each step's
-fresh activations (a decode step's [64, vocab] fp32 logits alone are 12 MiB, a prefill
-chunk's MLP activations more) come back as new pages the kernel must fault in and zero:
-~3 ms per step at 64 sequences. Serving them from the heap and not trimming it makes a step
-reuse the last step's memory (what vLLM gets on the CPU by preloading tcmalloc).
+glibc serves big blocks with mmap (it raises that threshold as blocks are freed, but only up
+to 32 MiB) and trims the heap top once enough is free there, so a step's fresh activations
+(a decode step's [64, vocab] fp32 logits are 12 MiB; prefill chunks of bigger models need far
+more) keep coming back as new pages the kernel must fault in and zero. Measured here: the
+logits' `.float()` took 3.6 ms per decode step, and the whole 64 x 256/128 SmolLM2 run went
+from 15.0 to 13.3 s with this. Serving big blocks from the heap and not trimming it makes a
+step reuse the last step's memory (what vLLM gets on the CPU by preloading tcmalloc).
 """
 from __future__ import annotations
 
