@@ -64,20 +64,19 @@ class TorchPagedAttention(AttentionBackend):
         k_shape, v_shape = (token_major, dim_major) if amx else (dim_major, token_major)
         return kv_cache[0].view(k_shape), kv_cache[1].view(v_shape)
 
-    def token_views(self, kv_cache: torch.Tensor, head_dim: int, amx: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V as [num_blocks, block_size, kv_heads, head_dim] (strided) views of the cache."""
-        k, v = self.block_views(kv_cache, head_dim, amx)
+    @staticmethod
+    def token_views(k_cache: torch.Tensor, v_cache: torch.Tensor, amx: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """`block_views`' K and V as [num_blocks, block_size, kv_heads, head_dim] (strided) views."""
         as_tokens = lambda x, token_major: x.transpose(1, 2) if token_major else x.permute(0, 3, 1, 2)  # noqa: E731
-        return as_tokens(k, amx), as_tokens(v, not amx)
+        return as_tokens(k_cache, amx), as_tokens(v_cache, not amx)
 
-    def write(self, kv_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              amx: bool) -> None:
-        """Store new tokens' k/v [T, Hkv, D] at their slots."""
-        head_dim = k.shape[-1]
+    def write(self, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor,
+              v: torch.Tensor, amx: bool) -> None:
+        """Store new tokens' k/v [T, Hkv, D] at their slots; the caches are `block_views`."""
         if self.native is not None:
-            return self.native.write_kv(*self.block_views(kv_cache, head_dim, amx), k, v, slot_mapping, amx)
-        bs = kv_cache.shape[-1] // head_dim
-        k_tokens, v_tokens = self.token_views(kv_cache, head_dim, amx)
+            return self.native.write_kv(k_cache, v_cache, k, v, slot_mapping, amx)
+        k_tokens, v_tokens = self.token_views(k_cache, v_cache, amx)
+        bs = k_tokens.shape[1]
         k_tokens.index_put_((slot_mapping // bs, slot_mapping % bs), k)
         v_tokens.index_put_((slot_mapping // bs, slot_mapping % bs), v)
 
@@ -106,24 +105,24 @@ class TorchPagedAttention(AttentionBackend):
 
     def forward(self, spec: AttentionSpec, q, k, v, kv_cache, md: CpuAttentionMetadata):
         amx = self.uses_amx(spec, kv_cache)
-        self.write(kv_cache, md.slot_mapping, k, v, amx)
+        caches = self.block_views(kv_cache, spec.head_dim, amx)
+        self.write(*caches, md.slot_mapping, k, v, amx)
         if md.decode is not None and not md.prefills:
-            return self._decode(spec, q, kv_cache, md, amx)
-        k_cache, v_cache = self.token_views(kv_cache, spec.head_dim, amx)
+            return self._decode(spec, q, caches, md, amx)
+        k_cache, v_cache = self.token_views(*caches, amx)
         out = torch.empty_like(q)
         if md.decode is not None:
-            out[md.decode.tokens] = self._decode(spec, q[md.decode.tokens], kv_cache, md, amx)
+            out[md.decode.tokens] = self._decode(spec, q[md.decode.tokens], caches, md, amx)
         for n, chunk in enumerate(md.prefills):
             out[chunk.start:chunk.end] = self._prefill(spec, n, chunk, q, k, v, k_cache, v_cache, md)
         return out
 
-    def _decode(self, spec, q, kv_cache, md, amx):
+    def _decode(self, spec, q, caches, md, amx):
         dec = md.decode
         if self.native is not None:
-            return self.native.paged_decode(q, *self.block_views(kv_cache, spec.head_dim, amx),
-                                            dec.block_table, dec.seq_lens, spec.scale, spec.sliding_window or 0,
-                                            spec.logit_softcap or 0.0, amx)
-        k_cache, v_cache = self.token_views(kv_cache, spec.head_dim, amx)
+            return self.native.paged_decode(q, *caches, dec.block_table, dec.seq_lens, spec.scale,
+                                            spec.sliding_window or 0, spec.logit_softcap or 0.0, amx)
+        k_cache, v_cache = self.token_views(*caches, amx)
         num, nb = dec.block_table.shape
         keys = _gather(k_cache, dec.block_table, num)  # [Bd, Hkv, L, D]
         values = _gather(v_cache, dec.block_table, num)

@@ -1,8 +1,8 @@
 """Linear layers with oneDNN's pre-packed weights, for bf16 and fp16 models.
 
 A plain bf16 `F.linear` on the CPU repacks its weight into oneDNN's blocked layout on every
-call; packing once at load makes decode-sized matmuls about 1.5x faster (2x for the lm_head)
-and gives the same results. fp32 keeps `F.linear` (MKL), the same kernels as HF transformers.
+call; packing once at load makes decode-sized matmuls about 1.5x faster (2x for the lm_head),
+with results equal to F.linear's up to the order of the sums. fp32 keeps `F.linear` (MKL), the same kernels as HF transformers.
 """
 from __future__ import annotations
 

@@ -48,6 +48,22 @@ def paged_batch(query_lens, seq_lens, spec, block_size, dtype, gen):
     return layout, tables, keys, values, num_blocks
 
 
+def make_backend(use_native: bool) -> TorchPagedAttention:
+    if use_native and native() is None:
+        pytest.skip("no AVX-512 or no C++ toolchain here: the torch path is what runs")
+    return TorchPagedAttention(native() if use_native else None)
+
+
+def write_context(backend, spec, cache, tables, keys, values):
+    """Each sequence's K/V at its positions, through the backend (so in its layout)."""
+    block_size = cache.shape[-1] // spec.head_dim
+    amx = backend.uses_amx(spec, cache)
+    for t, k, v in zip(tables, keys, values):
+        positions = torch.arange(k.shape[0])
+        slots = torch.tensor(t)[positions // block_size] * block_size + positions % block_size
+        backend.write(*backend.block_views(cache, spec.head_dim, amx), slots, k, v, amx)
+
+
 @pytest.mark.parametrize("use_native", [True, False], ids=["native", "torch"])
 @pytest.mark.parametrize("shape", [(6, 2, 16, 4), (9, 3, 64, 16), (4, 1, 40, 32), (8, 2, 128, 32), (16, 1, 32, 16)],
                          ids=lambda s: "h{}-kv{}-d{}-bs{}".format(*s))
@@ -59,19 +75,14 @@ def paged_batch(query_lens, seq_lens, spec, block_size, dtype, gen):
     ([1, 12, 1, 5], [30, 12, 1, 50]),  # mixed, decodes not leading
 ])
 def test_attention_matches_dense_reference(use_native, dtype, window, softcap, query_lens, seq_lens, shape):
-    if use_native and native() is None:
-        pytest.skip("no AVX-512 or no C++ toolchain here: the torch path is what runs")
     heads, kv_heads, head_dim, block_size = shape
     gen = torch.Generator().manual_seed(0)
     spec = AttentionSpec(num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, scale=0.3,
                          sliding_window=window, logit_softcap=softcap)
     layout, tables, keys, values, num_blocks = paged_batch(query_lens, seq_lens, spec, block_size, dtype, gen)
-    backend = TorchPagedAttention(native() if use_native else None)
+    backend = make_backend(use_native)
     cache = torch.zeros(backend.kv_cache_shape(num_blocks, block_size, kv_heads, head_dim), dtype=dtype)
-    for t, k, v in zip(tables, keys, values):  # earlier context is already in the cache
-        positions = torch.arange(k.shape[0])
-        slots = torch.tensor(t)[positions // block_size] * block_size + positions % block_size
-        backend.write(cache, slots, k, v, backend.uses_amx(spec, cache))
+    write_context(backend, spec, cache, tables, keys, values)  # earlier context is already there
     new = lambda xs: torch.cat([x[s - n:] for x, s, n in zip(xs, seq_lens, query_lens)])  # noqa: E731
     q = torch.randn(sum(query_lens), heads, head_dim, generator=gen).to(dtype)
     qkv = torch.cat([q, new(keys), new(values)], dim=1)  # q, k, v as the model has them: views of one buffer
@@ -100,17 +111,12 @@ def test_bf16_takes_the_amx_layout_where_the_cpu_has_amx():
 def test_stale_nan_beyond_a_sequence_does_not_leak_into_it(use_native, dtype):
     """A freed block keeps what its last owner wrote (even NaN); the next owner's unwritten
     slots must not reach its attention."""
-    if use_native and native() is None:
-        pytest.skip("no AVX-512 or no C++ toolchain here: the torch path is what runs")
     spec = AttentionSpec(num_heads=9, num_kv_heads=3, head_dim=64, scale=0.125)
     gen = torch.Generator().manual_seed(1)
     layout, tables, keys, values, num_blocks = paged_batch([1, 1], [5, 21], spec, 16, dtype, gen)
-    backend = TorchPagedAttention(native() if use_native else None)
+    backend = make_backend(use_native)
     cache = torch.full(backend.kv_cache_shape(num_blocks, 16, 3, 64), float("nan"), dtype=dtype)
-    for t, k, v in zip(tables, keys, values):
-        positions = torch.arange(k.shape[0])
-        slots = torch.tensor(t)[positions // 16] * 16 + positions % 16
-        backend.write(cache, slots, k, v, backend.uses_amx(spec, cache))
+    write_context(backend, spec, cache, tables, keys, values)
     q = torch.randn(2, 9, 64).to(dtype)
     last = lambda xs: torch.stack([x[-1] for x in xs])  # noqa: E731 - each sequence's new token
     out = backend.forward(spec, q, last(keys), last(values), cache, backend.build_metadata(layout, torch.device("cpu")))

@@ -40,6 +40,17 @@ inline __m512 softcap(__m512 s, float cap) {
   return _mm512_load_ps(buf);
 }
 
+// Calls f.template operator()<T>() for the tensor dtypes the kernels take.
+template <typename F>
+void dispatch(at::ScalarType type, const char* name, F&& f) {
+  switch (type) {
+    case at::kFloat: f.template operator()<float>(); break;
+    case at::kBFloat16: f.template operator()<c10::BFloat16>(); break;
+    case at::kHalf: f.template operator()<c10::Half>(); break;
+    default: TORCH_CHECK(false, name, ": unsupported dtype ", type);
+  }
+}
+
 struct Shape {
   int64_t heads, kv_heads, group, dim, block_size, max_blocks;
 };
@@ -106,10 +117,27 @@ inline void by_chunks(int64_t group, F&& f) {
   }
 }
 
+// Per-thread buffers: the AVX-512 path uses q (fp32, scaled) and s, the AMX path q_pairs,
+// scores, probs and v_part; both keep softmax rows in p and the output sums in acc.
 struct Scratch {
-  std::vector<float> q, acc, p;
+  std::vector<float> q, acc, p, scores;
   std::vector<__m512> s;
-  Scratch(int64_t group, int64_t dim) : q(group * dim), acc(group * dim), s(group) {}
+  std::vector<uint16_t> q_pairs;  // bf16 pairs (q[2j], q[2j + 1]) per head, the B operand
+  std::vector<uint32_t> probs;    // bf16 pairs (p[2j], p[2j + 1]) per head
+  std::vector<c10::BFloat16> v_part;  // a partial chunk's V rows [dim, 16], zero elsewhere
+  Scratch(int64_t group, int64_t dim, bool amx)
+      : q(amx ? 0 : group * dim), acc(group * dim), scores(amx ? group * kLanes : 0), s(amx ? 0 : group),
+        q_pairs(amx ? group * dim : 0), probs(amx ? group * kLanes / 2 : 0), v_part(amx ? dim * kLanes : 0) {}
+};
+
+// Where a (sequence, kv head)'s scores live in Scratch::p: one row per query head, the row
+// starting at the block of token `first` (`base`) and padded so 16-lane stores fit.
+struct ScoreRows {
+  int64_t base, stride;
+  ScoreRows(std::vector<float>& p, int64_t group, int64_t first, int64_t len, int64_t bs)
+      : base(first / bs * bs), stride((len - first / bs * bs + 2 * kLanes - 1) / kLanes * kLanes) {
+    if (static_cast<int64_t>(p.size()) < group * stride) p.resize(group * stride);
+  }
 };
 
 // Visits the 16-token chunks of tokens [first, len) block by block: f(block index, chunk
@@ -144,6 +172,11 @@ inline void softmax(float* x, int64_t n) {
   }
 }
 
+// Softmax of each head's row over tokens [first, len).
+inline void softmax_rows(std::vector<float>& p, const ScoreRows& r, int64_t group, int64_t first, int64_t len) {
+  for (int64_t g = 0; g < group; ++g) softmax(p.data() + g * r.stride + first - r.base, len - first);
+}
+
 // One (sequence, kv head): the group's query rows against tokens [first, len), in two
 // passes over the blocks: all scores into a buffer (one row per head), softmax there, then
 // the probability-weighted sum of V.
@@ -151,8 +184,8 @@ template <typename T>
 void attend(const Shape& sh, const T* q, const T* k_cache, const T* v_cache, const int32_t* table, int64_t len,
             int64_t first, float scale, float cap, T* out, Scratch& w) {
   const int64_t G = sh.group, D = sh.dim, bs = sh.block_size;
-  const int64_t base = first / bs * bs, row = (len - base + 2 * kLanes - 1) / kLanes * kLanes;
-  if (static_cast<int64_t>(w.p.size()) < G * row) w.p.resize(G * row);
+  const ScoreRows rows(w.p, G, first, len, bs);
+  const int64_t base = rows.base, row = rows.stride;
   for (int64_t i = 0; i < G * D; ++i) w.q[i] = static_cast<float>(q[i]) * scale;
   for_chunks(first, len, bs, [&](int64_t b, int64_t c, int lo, int hi) {
     const T* kb = k_cache + table[b] * sh.kv_heads * D * bs + c;
@@ -161,7 +194,7 @@ void attend(const Shape& sh, const T* q, const T* k_cache, const T* v_cache, con
       _mm512_mask_storeu_ps(w.p.data() + g * row + b * bs + c - base, lanes(hi),
                             cap > 0 ? softcap(w.s[g], cap) : w.s[g]);
   });
-  for (int64_t g = 0; g < G; ++g) softmax(w.p.data() + g * row + first - base, len - first);
+  softmax_rows(w.p, rows, G, first, len);
   std::fill(w.acc.begin(), w.acc.end(), 0.f);
   for_chunks(first, len, bs, [&](int64_t b, int64_t c, int lo, int hi) {
     const T* vb = v_cache + table[b] * sh.kv_heads * bs * D + c * D;
@@ -207,34 +240,25 @@ bool amx_permitted() {  // Linux hands out the tile state only on request (ARCH_
   return ok;
 }
 
-struct AmxScratch {
-  std::vector<uint16_t> q;       // bf16 pairs (q[2j], q[2j + 1]) per head, the B operand
-  std::vector<uint32_t> probs;   // bf16 pairs (p[2j], p[2j + 1]) per head
-  std::vector<float> scores, acc, p;
-  std::vector<c10::BFloat16> v_part;  // a partial chunk's V rows [dim, 16], zero elsewhere
-  AmxScratch(int64_t group, int64_t dim)
-      : q(group * dim), probs(group * kLanes / 2), scores(group * kLanes), acc(group * dim), v_part(dim * kLanes) {}
-};
-
 // As `attend`, for the AMX layout; block_size a multiple of 16, head_dim of 32, G <= 16.
 void attend_amx(const Shape& sh, const c10::BFloat16* q, const c10::BFloat16* k_cache, const c10::BFloat16* v_cache,
                 const int32_t* table, int64_t len, int64_t first, float scale, float cap, c10::BFloat16* out,
-                AmxScratch& w) {
+                Scratch& w) {
   const int64_t G = sh.group, D = sh.dim, bs = sh.block_size, block_stride = sh.kv_heads * bs * D;
-  const int64_t base = first / bs * bs, row = (len - base + 2 * kLanes - 1) / kLanes * kLanes;
-  if (static_cast<int64_t>(w.p.size()) < G * row) w.p.resize(G * row);
+  const ScoreRows rows(w.p, G, first, len, bs);
+  const int64_t base = rows.base, row = rows.stride;
   const __m512i token_rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                                 _mm512_set1_epi32(static_cast<int>(G)));
   const uint16_t* bits = reinterpret_cast<const uint16_t*>(q);
   for (int64_t j = 0; j < D / 2; ++j)
     for (int64_t g = 0; g < G; ++g)
-      for (int64_t u = 0; u < 2; ++u) w.q[(j * G + g) * 2 + u] = bits[g * D + 2 * j + u];
+      for (int64_t u = 0; u < 2; ++u) w.q_pairs[(j * G + g) * 2 + u] = bits[g * D + 2 * j + u];
   for_chunks(first, len, bs, [&](int64_t b, int64_t c, int lo, int hi) {
     const c10::BFloat16* kb = k_cache + table[b] * block_stride + c * D;
     _tile_zero(TILE_SCORES);
     for (int64_t d = 0; d < D; d += 32) {
       _tile_loadd(TILE_KEYS, kb + d, D * 2);
-      _tile_loadd(TILE_QUERY, w.q.data() + d * G, 4 * G);
+      _tile_loadd(TILE_QUERY, w.q_pairs.data() + d * G, 4 * G);
       _tile_dpbf16ps(TILE_SCORES, TILE_KEYS, TILE_QUERY);
     }
     _tile_stored(TILE_SCORES, w.scores.data(), 4 * G);  // [16 tokens][G]: gather each head's row
@@ -245,7 +269,7 @@ void attend_amx(const Shape& sh, const c10::BFloat16* q, const c10::BFloat16* k_
       _mm512_mask_storeu_ps(p + g * row, lanes(hi), cap > 0 ? softcap(x, cap) : x);
     }
   });
-  for (int64_t g = 0; g < G; ++g) softmax(w.p.data() + g * row + first - base, len - first);
+  softmax_rows(w.p, rows, G, first, len);
   std::fill(w.acc.begin(), w.acc.end(), 0.f);
   for_chunks(first, len, bs, [&](int64_t b, int64_t c, int lo, int hi) {
     const float* p = w.p.data() + b * bs + c - base;
@@ -288,9 +312,8 @@ void decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
   const int32_t* tables = block_table.data_ptr<int32_t>();
   const int32_t* lens = seq_lens.data_ptr<int32_t>();
   at::parallel_for(0, num_seqs * sh.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    Scratch scratch(sh.group, sh.dim);
+    Scratch scratch(sh.group, sh.dim, amx);
 #ifdef __AMX_BF16__
-    AmxScratch amx_scratch(sh.group, sh.dim);
     if (amx) configure_tiles(sh.group);
 #endif
     for (int64_t task = begin; task < end; ++task) {
@@ -303,7 +326,7 @@ void decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
       if constexpr (std::is_same_v<T, c10::BFloat16>) {
         if (amx) {
           attend_amx(sh, qs, kp + h * kv_stride, vp + h * kv_stride, tables + s * sh.max_blocks, len, first,
-                     static_cast<float>(scale), static_cast<float>(cap), os, amx_scratch);
+                     static_cast<float>(scale), static_cast<float>(cap), os, scratch);
           continue;
         }
       }
@@ -347,12 +370,9 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
               "the AMX layout needs AMX, bf16, block_size % 16 == 0, head_dim % 32 == 0 and a group <= 16");
   auto out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
   const auto tables = block_table.contiguous(), lens = seq_lens.contiguous();
-  switch (q.scalar_type()) {
-    case at::kFloat: decode<float>(q, k_cache, v_cache, tables, lens, out, scale, window, softcap, amx); break;
-    case at::kBFloat16: decode<c10::BFloat16>(q, k_cache, v_cache, tables, lens, out, scale, window, softcap, amx); break;
-    case at::kHalf: decode<c10::Half>(q, k_cache, v_cache, tables, lens, out, scale, window, softcap, amx); break;
-    default: TORCH_CHECK(false, "paged_decode: unsupported dtype ", q.scalar_type());
-  }
+  dispatch(q.scalar_type(), "paged_decode", [&]<typename T>() {
+    decode<T>(q, k_cache, v_cache, tables, lens, out, scale, window, softcap, amx);
+  });
   return out;
 }
 
@@ -402,10 +422,5 @@ void write_kv(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, con
               "k and v must be [T, Hkv, D], head rows contiguous");
   const auto slots = slot_mapping.contiguous();
   const int64_t* sp = slots.data_ptr<int64_t>();
-  switch (k.scalar_type()) {
-    case at::kFloat: write<float>(k_cache, v_cache, k, v, sp, amx); break;
-    case at::kBFloat16: write<c10::BFloat16>(k_cache, v_cache, k, v, sp, amx); break;
-    case at::kHalf: write<c10::Half>(k_cache, v_cache, k, v, sp, amx); break;
-    default: TORCH_CHECK(false, "write_kv: unsupported dtype ", k.scalar_type());
-  }
+  dispatch(k.scalar_type(), "write_kv", [&]<typename T>() { write<T>(k_cache, v_cache, k, v, sp, amx); });
 }
