@@ -28,9 +28,16 @@ def test_logprobs_match_hf(tiny_model, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bf16_close_to_hf(tiny_model, family):
     """The bf16 path (packed matmuls, the C++ decode kernel where it builds) against HF fp32."""
-    conformance.check_bf16_close_to_hf(make_cpu_llm, tiny_model(family))
+    conformance.check_half_precision_close_to_hf(make_cpu_llm, tiny_model(family))
 
 
 def test_bf16_close_to_hf_with_tile_friendly_heads(tiny_model):
     """head_dim 32: the shape the CPU backend's AMX decode path takes, where the CPU has AMX."""
-    conformance.check_bf16_close_to_hf(make_cpu_llm, tiny_model("llama", head_dim=32))
+    conformance.check_half_precision_close_to_hf(make_cpu_llm, tiny_model("llama", head_dim=32))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_fp16_close_to_hf(tiny_model, family):
+    """fp16 on every CPU: packed matmuls where oneDNN can pack fp16 (AVX512-FP16 or
+    AVX-NE-CONVERT), F.linear elsewhere (AMD Zen 4), which used to crash at load."""
+    conformance.check_half_precision_close_to_hf(make_cpu_llm, tiny_model(family), dtype="float16")

@@ -86,15 +86,16 @@ def check_logprobs_match_hf(make_llm: MakeLLM, model_dir: str, atol: float = 1e-
     assert_no_leaks(llm)
 
 
-def check_bf16_close_to_hf(make_llm: MakeLLM, model_dir: str, max_gap: float = 0.5, mean_gap: float = 0.02,
-                           logprob_atol: float = 0.3) -> None:
-    """bf16 cannot match fp32 token for token, so judge each greedy token by HF's fp32
+def check_half_precision_close_to_hf(make_llm: MakeLLM, model_dir: str, dtype: str = "bfloat16",
+                                     max_gap: float = 0.5, mean_gap: float = 0.02,
+                                     logprob_atol: float = 0.3) -> None:
+    """bf16 (or fp16) cannot match fp32 token for token, so judge each greedy token by HF's fp32
     distribution at that point: it must be (near) HF's argmax, and our logprob near HF's.
 
     A wrong kernel picks tokens HF ranks lower: the gaps to HF's best token grow well past
     bf16's rounding (typical max gap here ~0.2 nats, mean ~0.003).
     """
-    llm = make_llm(model_dir, dtype="bfloat16")
+    llm = make_llm(model_dir, dtype=dtype)
     prompts = varied_prompts(llm.engine.model_config.vocab_size)
     params = SamplingParams(temperature=0.0, max_tokens=NUM_NEW_TOKENS, ignore_eos=True, logprobs=0)
     gaps = []

@@ -1,4 +1,4 @@
-"""Linear layers with oneDNN's pre-packed weights, for bf16 and fp16 models.
+"""Linear layers with oneDNN's pre-packed weights, for bf16 and fp16 models where the CPU can.
 
 A plain bf16 `F.linear` on the CPU repacks its weight into oneDNN's blocked layout on every
 call; packing once at load makes decode-sized matmuls about 1.5x faster (2x for the lm_head),
@@ -9,7 +9,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PACKED_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def packable_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes oneDNN can pre-pack on this CPU: fp16 packing needs AVX512-FP16 or
+    AVX-NE-CONVERT (Sapphire Rapids and later Intel CPUs; not AMD Zen 4), bf16 needs AVX-512."""
+    if not torch.backends.mkldnn.is_available():
+        return ()
+    return tuple(dtype for dtype, ok in ((torch.bfloat16, torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                                         (torch.float16, torch.ops.mkldnn._is_mkldnn_fp16_supported())) if ok)
 
 
 class PackedLinear(nn.Module):
@@ -25,14 +33,14 @@ class PackedLinear(nn.Module):
 
 
 def pack_linears(model: nn.Module, batch_size: int) -> int:
-    """Swap every bf16/fp16 nn.Linear in `model` for a PackedLinear; returns how many.
+    """Swap every nn.Linear whose dtype this CPU packs (`packable_dtypes`) for a PackedLinear;
+    returns how many. The others keep F.linear.
 
     `batch_size` is oneDNN's hint for the rows it should block for (any count works).
     """
-    if not torch.backends.mkldnn.is_available():
-        return 0
+    dtypes = packable_dtypes()
     swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-             if isinstance(child, nn.Linear) and child.weight.dtype in PACKED_DTYPES]
+             if isinstance(child, nn.Linear) and child.weight.dtype in dtypes]
     for parent, name, child in swaps:
         setattr(parent, name, PackedLinear(child, batch_size))
     return len(swaps)

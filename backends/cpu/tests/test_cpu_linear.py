@@ -1,10 +1,12 @@
-"""Pre-packed oneDNN linears give F.linear's results, and only low-precision layers are packed."""
+"""Pre-packed oneDNN linears give F.linear's results, and only the low-precision layers this CPU
+can pack are packed (fp16 packing needs AVX512-FP16 or AVX-NE-CONVERT: not on AMD Zen 4)."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from octavo_cpu.linear import PackedLinear, pack_linears
+from octavo_cpu import linear as linear_module
+from octavo_cpu.linear import PackedLinear, pack_linears, packable_dtypes
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
@@ -13,6 +15,8 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_packed_linear_matches_f_linear(rows, bias, dtype):
+    if dtype not in packable_dtypes():
+        pytest.skip(f"this CPU's oneDNN cannot pack {dtype} (see test_unpackable_dtypes_keep_f_linear)")
     gen = torch.Generator().manual_seed(rows)
     linear = nn.Linear(96, 160, bias=bias, dtype=dtype)
     with torch.no_grad():
@@ -26,9 +30,30 @@ def test_packed_linear_matches_f_linear(rows, bias, dtype):
     torch.testing.assert_close(got.float(), expected, rtol=1.6e-2, atol=1e-1)
 
 
-def test_pack_linears_swaps_bf16_layers_only():
-    model = nn.Sequential(nn.Linear(8, 8, dtype=torch.bfloat16), nn.Sequential(nn.Linear(8, 4, dtype=torch.float16)),
-                          nn.Linear(4, 4))
-    assert pack_linears(model, batch_size=16) == 2
-    assert isinstance(model[0], PackedLinear) and isinstance(model[1][0], PackedLinear)
+def _mixed_model() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(8, 8, dtype=torch.bfloat16), nn.Sequential(nn.Linear(8, 4, dtype=torch.float16)),
+                         nn.Linear(4, 4))
+
+
+@pytest.mark.parametrize("cpu_packs", [(torch.bfloat16, torch.float16), (torch.bfloat16,), ()],
+                         ids=["bf16+fp16", "bf16 only (AMD Zen 4)", "none"])
+def test_pack_linears_swaps_packable_layers_only(monkeypatch, cpu_packs):
+    """Each CPU kind's answer, whatever CPU runs the test (the layers packed here must be
+    packable by this CPU, so the test builds them only where they are)."""
+    monkeypatch.setattr(linear_module, "packable_dtypes", lambda: tuple(d for d in cpu_packs
+                                                                      if d in packable_dtypes()))
+    model = _mixed_model()
+    expected = {d for d in cpu_packs if d in packable_dtypes()}
+    assert pack_linears(model, batch_size=16) == len(expected)
+    assert isinstance(model[0], PackedLinear) == (torch.bfloat16 in expected)
+    assert isinstance(model[1][0], PackedLinear) == (torch.float16 in expected)
     assert type(model[2]) is nn.Linear  # fp32 stays on F.linear, the kernels HF uses
+
+
+def test_unpackable_dtypes_keep_f_linear():
+    """On this CPU: what it cannot pack stays an nn.Linear and still computes (the AMD fp16 case)."""
+    model = _mixed_model()
+    pack_linears(model, batch_size=16)
+    for layer, dtype in ((model[0], torch.bfloat16), (model[1][0], torch.float16)):
+        assert isinstance(layer, PackedLinear) == (dtype in packable_dtypes())
+        assert layer(torch.ones(2, 8, dtype=dtype)).dtype == dtype
