@@ -43,6 +43,8 @@ class Request:
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     first_scheduled_time: float | None = None
     grammar: GrammarState | None = None  # guided decoding: scheduled once compiled
+    num_sent_tokens: int = 0  # tokens the worker has (0: it has not seen the request)
+    num_sent_blocks: int = 0  # likewise, KV blocks
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -76,8 +76,8 @@ class _ConfigFileParser(argparse.ArgumentParser):
 def _suppress_defaults(parser: argparse.ArgumentParser) -> dict:
     defaults = {}
     for action in parser._actions:
-        if action.dest in (argparse.SUPPRESS, "help"):
-            continue
+        if action.dest in (argparse.SUPPRESS, "help") or action.default is argparse.SUPPRESS:
+            continue  # device options have no default here: the backend's options class holds it
         defaults[action.dest] = action.default
         action.default = argparse.SUPPRESS
     return defaults

@@ -93,7 +93,7 @@ def start_engine(model_path: str, **overrides):
 
     kwargs = dict(model=model_path, dtype="float32", num_kv_blocks=256, num_threads=1)
     kwargs.update(overrides)
-    return AsyncLLM(EngineConfig(**kwargs))
+    return AsyncLLM(EngineConfig.from_kwargs(**kwargs))
 
 
 @contextlib.contextmanager

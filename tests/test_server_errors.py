@@ -218,7 +218,7 @@ def test_a_failure_in_one_request_fails_only_that_request(http, monkeypatch):
 
 def test_engine_step_failure_keeps_the_server_up(server, http, monkeypatch):
     worker = server.engine.engine.worker
-    real = worker.execute
+    real = worker.execute_model
     calls = {"n": 0}
 
     def flaky(batch):
@@ -227,7 +227,7 @@ def test_engine_step_failure_keeps_the_server_up(server, http, monkeypatch):
             raise RuntimeError("device fell over")
         return real(batch)
 
-    monkeypatch.setattr(worker, "execute", flaky)
+    monkeypatch.setattr(worker, "execute_model", flaky)
     err = assert_error(http.post(C, json=_c()), 500)
     assert "device fell over" in err["message"]
     good_request(http)

@@ -13,7 +13,8 @@ import torch
 
 from octavo.backend import Backend
 from octavo.config import ConfigError, EngineConfig, ModelConfig
-from octavo.devices import select_backend
+from octavo.devices import loadable_backends, select_backend
+from octavo.engine.options import parse_options
 from octavo.engine.output_processor import OutputProcessor, ParentState, SequenceState
 from octavo.detokenizer import IncrementalDetokenizer
 from octavo.kv_cache import KVCacheManager
@@ -40,11 +41,16 @@ class InputError(ValueError):
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, backend: Backend | None = None):
-        """`backend` bypasses device selection (conformance tests of a backend under emulation)."""
+        """`backend` bypasses device selection (a backend class that is not registered, e.g.
+        one emulated on the CPU for testing); `config.device_options` then replace its options."""
         check_config(config)
         self.config = config
         torch.manual_seed(config.seed)  # unseeded requests draw from the global generators
-        self.backend = backend or select_backend(config.device)
+        if backend is None:
+            backend = select_backend(config.device, config.device_options)
+        elif config.device_options:
+            backend.options = parse_options(type(backend), config.device_options, loadable_backends())
+        self.backend = backend
         self.backend.check_and_update_config(config)
         self.worker = self.backend.create_worker(config)
         self.model_config: ModelConfig = self.worker.load_model()
@@ -153,7 +159,9 @@ class LLMEngine:
         if not batch.requests:
             self.structured_output.wait_for_compile(GRAMMAR_WAIT_S)  # idle until a grammar is ready
             return failed
-        result = self.worker.execute(batch)
+        self.worker.execute_model(batch)
+        grammar = self.scheduler.grammar_bitmask(batch)  # on the host while the device computes
+        result = self.worker.sample_tokens(grammar)
         sampled = self.scheduler.update(batch, result)
         outputs, stopped = self.outputs.process(sampled, result)
         self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)

@@ -16,7 +16,8 @@ from octavo.sampling_params import RequestOutputKind, SamplingParams
 
 class LLM:
     def __init__(self, model: str | None = None, *, backend: Backend | None = None, **engine_args):
-        self.engine = LLMEngine(EngineConfig(model=model, **engine_args), backend)
+        """`engine_args`: EngineConfig's fields, and the device backend's options by name."""
+        self.engine = LLMEngine(EngineConfig.from_kwargs(model=model, **engine_args), backend)
         self._ids = itertools.count()
 
     def get_tokenizer(self):

@@ -47,6 +47,12 @@ def iter_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
                 yield name, f.get_tensor(name)
 
 
+def iter_model_weights(path: str, hf_config, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """The checkpoint's tensors under their HF names: safetensors as stored, GGUF dequantized
+    to `dtype` (for backends that convert the model to a runtime of their own)."""
+    return gguf.iter_gguf_tensors(path, hf_config, dtype) if gguf.is_gguf(path) else iter_safetensors(path)
+
+
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype):
     old = torch.get_default_dtype()
@@ -69,9 +75,7 @@ def load_model(config: EngineConfig, device: torch.device, ops: LayerOps) -> tup
                           f"max_position_embeddings {max_positions}")
     with _default_dtype(config.dtype), torch.device(device):
         model = cls(hf_config, max_positions, ops)
-    weights = (gguf.iter_gguf_tensors(path, hf_config, config.dtype) if gguf.is_gguf(path)
-               else iter_safetensors(path))
-    load_weights(model, weights, hf_config.tie_word_embeddings)
+    load_weights(model, iter_model_weights(path, hf_config, config.dtype), hf_config.tie_word_embeddings)
     model.eval().requires_grad_(False)
     model_config = ModelConfig(
         architecture=arch,

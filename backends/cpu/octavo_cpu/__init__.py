@@ -3,14 +3,14 @@ paged cache, fused layer ops); bf16 where the CPU has native bf16, fp32 elsewher
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
-from octavo.backend import Availability, Backend, Worker
-from octavo.config import EngineConfig
-from octavo.models.ops import LayerOps
+from octavo.backend import (Availability, Backend, BackendOptions, ConfigError, EngineConfig, LayerOps, Worker,
+                            option)
 
-__all__ = ["CpuBackend"]
+__all__ = ["CpuBackend", "CpuOptions"]
 
 
 @functools.cache
@@ -28,9 +28,20 @@ def cpu_has_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+@dataclass
+class CpuOptions(BackendOptions):
+    num_threads: int | None = option(None, "threads for compute (torch's intra-op threads; None: all cores)")
+
+    def validate(self, config: EngineConfig) -> None:
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"--num-threads must be at least 1, got {self.num_threads}")
+
+
 class CpuBackend(Backend):
     name = "cpu"
+    contract_version = "4.0"
     priority = 0
+    options_class = CpuOptions
     supported_dtypes = (torch.float32, torch.bfloat16, torch.float16)
     default_block_size = 16
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from octavo.config import ConfigError, ModelConfig
-from octavo.worker import TorchWorker
+from octavo.backend import ConfigError, ModelConfig, TorchWorker
 from octavo_cpu.allocator import keep_freed_memory
 from octavo_cpu.linear import pack_linears
 
@@ -14,8 +13,8 @@ DEFAULT_KV_CACHE_MEMORY = 4 << 30  # bytes, as vLLM's VLLM_CPU_KVCACHE_SPACE def
 
 class CpuWorker(TorchWorker):
     def load_model(self) -> ModelConfig:
-        if self.config.num_threads:
-            torch.set_num_threads(self.config.num_threads)
+        if self.backend.options.num_threads:
+            torch.set_num_threads(self.backend.options.num_threads)
         keep_freed_memory()
         model_config = super().load_model()
         pack_linears(self.model, self.config.max_num_seqs)
