@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# Sets up everything the tests need, then runs the whole suite (arguments go to pytest).
+# Sets up everything the tests need, then runs the whole suite (arguments go to pytest), then
+# the conformance kit against each in-tree backend and the out-of-tree example, as a vendor
+# runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 python -m pytest "$@"
+kit=(python -m pytest -q -p no:cacheprovider --pyargs octavo.testing.conformance)
+"${kit[@]}" --octavo-device cpu
+TRITON_INTERPRET=1 "${kit[@]}" --octavo-backend backends/cuda/tests/cuda_emulation.py:InterpretedCudaBackend \
+    --octavo-families llama
+bash scripts/test_example_backend.sh
