@@ -140,6 +140,21 @@ def octavo_serve(args: list[str], port: int, env: dict | None = None, timeout: f
             proc.kill()
 
 
+def check_paris_chat(url: str) -> None:
+    """Through the official openai client: the capital of France, non-streamed and streamed
+    alike (a real model, greedy)."""
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+    model = client.models.list().data[0].id
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = client.chat.completions.create(model=model, messages=question, temperature=0, max_tokens=24)
+    assert "Paris" in reply.choices[0].message.content
+    stream = client.chat.completions.create(model=model, messages=question, temperature=0, max_tokens=24,
+                                            stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reply.choices[0].message.content
+
+
 def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:
     """One sample's value from a Prometheus text exposition (first match)."""
     for line in text.splitlines():
