@@ -43,7 +43,10 @@ if TYPE_CHECKING:
     from octavo.models.ops import LayerOps
     from octavo.sample.ops import SamplerOps
 
-CONTRACT_VERSION = "4.0"
+# 4.1 adds exports for backends that build the model in a graph runtime of their own:
+# model_config_for, head_dim_of, sliding_window_of, rope_inv_freq, prompt_logprobs,
+# num_blocks_for_memory.
+CONTRACT_VERSION = "4.1"
 ENTRY_POINT_GROUP = "octavo.backends"
 
 
@@ -408,6 +411,15 @@ _LAZY = {
     "resolve_model_path": "octavo.loader",
     "load_hf_config": "octavo.loader",
     "iter_model_weights": "octavo.loader",
+    # 4.1, for backends that build the model in a graph runtime of their own: the model's
+    # shapes, the per-layer attention facts and rotary frequencies the core's models use,
+    # prompt logprobs from logits, and the KV sizing rule of --kv-cache-memory.
+    "model_config_for": "octavo.loader",
+    "head_dim_of": "octavo.models.llama",
+    "sliding_window_of": "octavo.models.llama",
+    "rope_inv_freq": "octavo.models.layers",
+    "prompt_logprobs": "octavo.sample.step_sampler",
+    "num_blocks_for_memory": "octavo.kv_cache",
 }
 
 

@@ -12,7 +12,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
     from octavo.devices import list_devices
 
     for info in list_devices():
-        state = "usable" if info.availability.ok else f"unusable: {info.availability.reason}"
+        reason = info.availability.reason
+        state = (f"usable ({reason})" if reason else "usable") if info.availability.ok else f"unusable: {reason}"
         print(f"{info.name:10s} {state}")
     return 0
 

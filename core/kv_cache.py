@@ -12,7 +12,23 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from octavo.config import ConfigError, EngineConfig
 from octavo.request import Request
+
+
+def num_blocks_for_memory(config: EngineConfig, max_model_len: int, block_size: int, bytes_per_block: int,
+                          default_memory: int) -> int:
+    """KV blocks that `--kv-cache-memory` holds; unset, `default_memory` bytes at most and no more
+    than every sequence at full length could use."""
+    memory = config.kv_cache_memory
+    if memory is None:
+        full = config.max_num_seqs * -(-max_model_len // block_size) * bytes_per_block
+        memory = min(default_memory, full)
+    blocks = memory // bytes_per_block
+    if blocks < 1:
+        raise ConfigError(f"kv_cache_memory {memory} bytes holds no block of {block_size} tokens "
+                          f"({bytes_per_block} bytes each)")
+    return int(blocks)
 
 
 class BlockHash(NamedTuple):

@@ -8,6 +8,7 @@ bash scripts/setup.sh --test
 python -m pytest "$@"
 kit=(python -m pytest -q -p no:cacheprovider --pyargs octavo.testing.conformance)
 "${kit[@]}" --octavo-device cpu
+"${kit[@]}" --octavo-device openvino
 TRITON_INTERPRET=1 "${kit[@]}" --octavo-backend backends/cuda/tests/cuda_emulation.py:InterpretedCudaBackend \
     --octavo-families llama
 bash scripts/test_example_backend.sh

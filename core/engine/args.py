@@ -33,6 +33,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-cache-memory", type=float, default=None, metavar="GIB",
                    help="KV cache size in GiB (default: the device's sizing, e.g. 4 GiB on the CPU as "
                         "vLLM's VLLM_CPU_KVCACHE_SPACE, profiled free memory on accelerators)")
+    g.add_argument("--kv-cache-dtype", default="auto",
+                   help="KV cache precision: auto (the model's dtype) or one the device offers "
+                        "(see `octavo devices`; default: auto)")
     g.add_argument("--num-kv-blocks", type=int, default=None, help="exact KV block count (overrides memory)")
     g.add_argument("--seed", type=int, default=0, help="seed of unseeded sampling (default: 0)")
     g.add_argument("--max-logprobs", type=int, default=20, help="largest logprobs a request may ask (default: 20)")
@@ -56,6 +59,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         enable_prefix_caching=args.enable_prefix_caching,
         kv_cache_memory=None if args.kv_cache_memory is None else int(args.kv_cache_memory * (1 << 30)),
         num_kv_blocks=args.num_kv_blocks,
+        kv_cache_dtype=args.kv_cache_dtype,
         max_logprobs=args.max_logprobs,
         guided_decoding_backend=args.guided_decoding_backend,
         device_options=options_from_args(args),

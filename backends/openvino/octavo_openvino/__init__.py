@@ -51,7 +51,7 @@ def cpu_capabilities() -> frozenset[str]:
 
 class OpenVINOBackend(Backend):
     name = "openvino"
-    contract_version = "4.0"
+    contract_version = "4.1"
     priority = -10  # `--device auto` keeps the CPU backend unless asked
     options_class = OpenVINOOptions
     supported_dtypes = (torch.bfloat16, torch.float32)

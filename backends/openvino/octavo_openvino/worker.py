@@ -17,7 +17,8 @@ import openvino as ov
 import torch
 
 from octavo.backend import (ConfigError, EngineConfig, GrammarBitmask, ModelConfig, ModelRunnerOutput, RequestState,
-                            RequestStates, SchedulerOutput, StepSampler, Worker, prompt_logprobs)
+                            RequestStates, SchedulerOutput, StepSampler, Worker, num_blocks_for_memory,
+                            prompt_logprobs)
 from octavo_openvino.graph import KEY_CACHE, LOGITS, VALUE_CACHE
 
 logger = logging.getLogger(__name__)
@@ -128,16 +129,8 @@ class OpenVINOWorker(Worker):
         if block_size != self.block_size():
             raise ConfigError(f"OpenVINO's CPU plugin uses KV blocks of {self.block_size()} tokens, "
                               f"the engine asked for {block_size}")
-        per_block = self.kv_bytes_per_block()
-        memory = self.config.kv_cache_memory
-        if memory is None:  # no more than every sequence at full length could use
-            full = self.config.max_num_seqs * -(-self.model_config.max_model_len // block_size) * per_block
-            memory = min(DEFAULT_KV_CACHE_MEMORY, full)
-        blocks = memory // per_block
-        if blocks < 1:
-            raise ConfigError(f"kv_cache_memory {memory} bytes holds no block of {block_size} tokens "
-                              f"({per_block} bytes each)")
-        return int(blocks)
+        return num_blocks_for_memory(self.config, self.model_config.max_model_len, block_size,
+                                     self.kv_bytes_per_block(), DEFAULT_KV_CACHE_MEMORY)
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         self.request = self.compiled.create_infer_request()
