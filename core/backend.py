@@ -1,4 +1,4 @@
-"""The backend contract, version 4.0: the whole of the core that a device package sees.
+"""The backend contract, version 4.1: the whole of the core that a device package sees.
 
 A backend package registers one `Backend` subclass under the entry-point group
 `octavo.backends` and imports nothing from `octavo` but this module (a test enforces it):
