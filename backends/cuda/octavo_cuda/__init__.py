@@ -128,7 +128,8 @@ class CudaBackend(Backend):
         if not self.options.cuda_graph_sizes:
             return None
         if not self.runtime().has_graphs:
-            logger.info("%s: this torch (%s) cannot capture graphs; every step runs eagerly", self.name, torch.__version__)
+            logger.info("%s: this torch (%s) cannot capture graphs; every step runs eagerly", self.name,
+                        torch.__version__)
             return None
         from octavo_cuda.cuda_graphs import CudaGraphs
 

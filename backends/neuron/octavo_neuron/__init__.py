@@ -34,7 +34,8 @@ class NeuronOptions(BackendOptions):
     token_generation_buckets: list[int] | None = option(
         None, "context lengths to compile token generation at (None: powers of two from 128 to max_model_len)")
     compiled_model_cache: str = option(
-        "~/.cache/octavo/neuron", "folder for compiled models, one per model and configuration, reused at the next start")
+        "~/.cache/octavo/neuron",
+        "folder for compiled models, one per model and configuration, reused at the next start")
     on_device_sampling: bool = option(
         True, "sample on the device when a request allows it (greedy; top-k <= 256 with top-p and temperature, "
               "unseeded); other requests get the logits and the host sampler")
@@ -63,8 +64,10 @@ class NeuronBackend(Backend):
 
         sdk = sdk_problem()
         if not devices:
-            where = "no Neuron device (no /dev/neuron*: not a Trainium/Inferentia instance, or the driver is not loaded)"
-            return Availability(False, f"{where}; {sdk}: {SDK_INSTALL}" if sdk else f"{where}; the Neuron SDK is installed")
+            where = ("no Neuron device (no /dev/neuron*: not a Trainium/Inferentia instance, or the driver is "
+                     "not loaded)")
+            return Availability(False, f"{where}; {sdk}: {SDK_INSTALL}" if sdk
+                                else f"{where}; the Neuron SDK is installed")
         if sdk:
             return Availability(False, f"{len(devices)} Neuron device(s) found, but {sdk}: {SDK_INSTALL}")
         return Availability(True)

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from octavo.backend import (ConfigError, EngineConfig, GrammarBitmask, ModelConfig, ModelRunnerOutput, RequestState,
-                            RequestStates, SchedulerOutput, StepSampler, Worker, load_hf_config, resolve_model_path)
+from octavo.backend import (Backend, ConfigError, EngineConfig, GrammarBitmask, ModelConfig, ModelRunnerOutput,
+                            RequestState, RequestStates, SchedulerOutput, StepSampler, Worker, load_hf_config,
+                            resolve_model_path)
 from octavo_neuron import inputs, nxdi
 from octavo_neuron.buckets import BucketPlan
 from octavo_neuron.sampling import GLOBAL_TOPK, device_can_sample, device_row
@@ -43,7 +44,7 @@ class _Step:
 
 
 class NeuronWorker(Worker):
-    def __init__(self, config: EngineConfig, backend) -> None:
+    def __init__(self, config: EngineConfig, backend: Backend) -> None:
         self.config = config
         self.options = backend.options
         self.sampler = StepSampler(backend.sampler_ops(), torch.device("cpu"))  # NxDI returns host tensors

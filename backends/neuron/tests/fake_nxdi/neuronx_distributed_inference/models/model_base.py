@@ -152,7 +152,8 @@ class NeuronBaseForCausalLM(torch.nn.Module):
             # NxDI derives the slot from the position and the block table (generate_tokengen_slot_mapping).
             slot = int(table[i, position // nc.pa_block_size]) * nc.pa_block_size + position % nc.pa_block_size
             if int(slot_mapping[i, 0]) != slot:
-                raise ValueError(f"row {i}: slot_mapping {int(slot_mapping[i, 0])} is not position {position}'s slot {slot}")
+                raise ValueError(f"row {i}: slot_mapping {int(slot_mapping[i, 0])} is not the slot of "
+                                 f"position {position} ({slot})")
             rows.append(self._run(input_ids[i], position, torch.tensor([slot]), table[i]))
         return torch.stack(rows)
 
