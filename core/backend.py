@@ -43,9 +43,10 @@ if TYPE_CHECKING:
     from octavo.models.ops import LayerOps
     from octavo.sample.ops import SamplerOps
 
-# 4.1 adds exports for backends that build the model in a graph runtime of their own:
-# model_config_for, head_dim_of, sliding_window_of, rope_inv_freq, prompt_logprobs,
-# num_blocks_for_memory.
+# 4.1 adds, all with defaults: exports for backends that build the model in a graph runtime
+# of their own (model_config_for, head_dim_of, sliding_window_of, rope_inv_freq,
+# prompt_logprobs, num_blocks_for_memory) and the Backend flags chunked_prefill and
+# prompt_logprobs.
 CONTRACT_VERSION = "4.1"
 ENTRY_POINT_GROUP = "octavo.backends"
 
@@ -334,6 +335,12 @@ class Backend(ABC):
     default_block_size: ClassVar[int] = 16
     supported_block_sizes: ClassVar[tuple[int, ...] | None] = None  # None: any positive size
     architectures: ClassVar[tuple[str, ...] | None] = None  # HF architecture names; None: all the core's
+    # Since 4.1. False: each step runs a prompt's uncached part whole (the engine turns chunked
+    # prefill off and needs max_num_batched_tokens >= max_model_len).
+    chunked_prefill: ClassVar[bool] = True
+    # Since 4.1. False: the worker never has logits of prompt positions (the engine rejects
+    # requests for prompt logprobs at admission).
+    prompt_logprobs: ClassVar[bool] = True
 
     def __init__(self, options: BackendOptions | None = None):
         self.options = options if options is not None else self.options_class()
@@ -364,6 +371,8 @@ class Backend(ABC):
         if config.kv_cache_dtype not in self.kv_cache_dtypes:
             raise ConfigError(f"{self.name} supports kv cache dtypes {self.kv_cache_dtypes}, "
                               f"got {config.kv_cache_dtype!r}")
+        if not self.chunked_prefill:
+            config.enable_chunked_prefill = False
         self.options.validate(config)
 
     @abstractmethod

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs octavo, the CPU backend and the embedded default model; `--test` adds the test
-# tools, the GPU backends (their kernels are tested without a GPU), the OpenVINO backend
+# tools, the GPU, XPU and Neuron backends (tested without their devices), the OpenVINO backend
 # (openvino and nncf from PyPI, about 2 minutes) and Qwen2.5-Coder-0.5B.
 # torch is pinned to the local CPU build on every pip line so nothing pulls the CUDA build.
 set -euo pipefail
@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 PIN="torch==2.13.0"
 packages=(-e . -e backends/cpu)
 if [ "${1:-}" = "--test" ]; then
-  packages=(-e ".[test]" -e backends/cpu -e backends/cuda -e backends/rocm -e backends/openvino)
+  # triton for the GPU kernels' interpreter and compile-only tests (torch's GPU wheels bring their own).
+  packages=(-e ".[test]" -e backends/cpu -e backends/cuda -e backends/rocm -e backends/xpu -e backends/neuron
+            -e backends/openvino triton==3.7.1)
 fi
 python -m pip install -q "$PIN"
 python -m pip install -q "$PIN" "${packages[@]}"

@@ -59,6 +59,9 @@ class LLMEngine:
         if config.max_num_batched_tokens is None:
             config.max_num_batched_tokens = max(2048, config.max_num_seqs) if config.enable_chunked_prefill \
                 else max(self.max_model_len, config.max_num_seqs)
+        if not config.enable_chunked_prefill and config.max_num_batched_tokens < self.max_model_len:
+            raise ConfigError(f"max_num_batched_tokens {config.max_num_batched_tokens} is below max_model_len "
+                              f"{self.max_model_len}: without chunked prefill a prompt runs in one step")
         num_blocks = config.num_kv_blocks or self.worker.num_kv_blocks(config.block_size)
         self.worker.allocate_kv_cache(num_blocks, config.block_size)
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
@@ -98,6 +101,9 @@ class LLMEngine:
         if self.kv.blocks_needed(len(token_ids) + 1) > self.kv.num_blocks:
             raise InputError(f"the prompt needs more KV cache than the engine has "
                              f"({self.kv.num_blocks * self.kv.block_size} tokens)", "prompt")
+        if params.prompt_logprobs is not None and not self.backend.prompt_logprobs:
+            raise InputError(f"prompt_logprobs: the {self.backend.name} backend does not compute logprobs of "
+                             "prompt tokens", "prompt_logprobs")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)
             if value is not None and value > self.config.max_logprobs:
