@@ -78,6 +78,14 @@ class Scheduler:
             done.append(request)
         return done
 
+    def preempt_requests(self, request_ids) -> None:
+        """Send running requests back to the queue to be recomputed: their step's work is void."""
+        for rid in request_ids:
+            request = self.requests.get(rid)
+            if request is not None and request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+                self._preempt(request)
+
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
@@ -149,9 +157,7 @@ class Scheduler:
     def _describe(self, request: Request, num_new: int, new_requests: list[NewRequestData]) -> ScheduledRequest:
         """The request's share of the step, as changes since the worker last saw it."""
         if request.num_sent_tokens == 0:
-            new_requests.append(NewRequestData(request.request_id, request.prompt_token_ids,
-                                               request.output_token_ids, request.sampling_params,
-                                               request.eos_token_id))
+            new_requests.append(_whole(request))
             new_tokens = []
         else:
             new_tokens = request.token_ids[request.num_sent_tokens:]
@@ -160,6 +166,19 @@ class Scheduler:
         request.num_sent_blocks += len(new_blocks)
         return ScheduledRequest(request.request_id, request.num_computed_tokens, num_new, new_tokens, new_blocks,
                                 samples=request.num_computed_tokens + num_new == request.num_tokens)
+
+    def resend(self, batch: SchedulerOutput, rows: list[int]) -> SchedulerOutput:
+        """The step's requests at `rows`, each sent whole (all its tokens and blocks), to run
+        part of a failed step again: how much of the step the worker had taken in is unknown."""
+        out = SchedulerOutput([], [], 0, self.kv.block_size, set(batch.finished_request_ids))
+        for row in rows:
+            scheduled = batch.requests[row]
+            out.new_requests.append(_whole(self.requests[scheduled.request_id]))
+            out.requests.append(ScheduledRequest(scheduled.request_id, scheduled.num_computed_tokens,
+                                                 scheduled.num_new_tokens, [], self.kv.block_ids(scheduled.request_id),
+                                                 scheduled.samples))
+            out.num_batched_tokens += scheduled.num_new_tokens
+        return out
 
     def grammar_bitmask(self, batch: SchedulerOutput) -> GrammarBitmask | None:
         """The token masks of the step's guided requests that sample (None: no such request)."""
@@ -219,3 +238,8 @@ class Scheduler:
         del self.requests[request.request_id]
         self.finished_ids.add(request.request_id)
         request.grammar = None  # the matcher goes now, not when the last reference to the request does
+
+
+def _whole(request: Request) -> NewRequestData:
+    return NewRequestData(request.request_id, request.prompt_token_ids, request.output_token_ids,
+                          request.sampling_params, request.eos_token_id)
