@@ -47,7 +47,16 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--chat-template", default=None, help="chat template file or inline Jinja template")
     g.add_argument("--response-role", default="assistant", help="role of chat responses with a generation prompt")
     g.add_argument("--api-key", default=None,
-                   help=f"require 'Authorization: Bearer KEY' on /v1 routes (or set {API_KEY_ENV})")
+                   help=f"require 'Authorization: Bearer KEY' on every route but /health (or set {API_KEY_ENV})")
+    g.add_argument("--metrics-without-api-key", action="store_true", default=False,
+                   help="let /metrics answer without the API key (for a Prometheus scraper)")
+    g.add_argument("--trust-request-chat-template", action="store_true", default=False,
+                   help="run a chat_template given in a request (a Jinja template from the client); refused by default")
+    g.add_argument("--max-request-body-mib", type=float, default=16.0, metavar="MIB",
+                   help="largest request body accepted (413 above it)")
+    g.add_argument("--shutdown-timeout", type=float, default=20.0, metavar="SECONDS",
+                   help="on SIGTERM or Ctrl-C, how long in-flight requests may take to finish; a second signal "
+                        "stops at once")
     g.add_argument("--allowed-origins", type=_json_list, default=["*"], help="CORS origins (JSON list)")
     g.add_argument("--allowed-methods", type=_json_list, default=["*"], help="CORS methods (JSON list)")
     g.add_argument("--allowed-headers", type=_json_list, default=["*"], help="CORS headers (JSON list)")
@@ -165,7 +174,16 @@ def build_settings(args: argparse.Namespace):
         log_requests=not args.disable_log_requests,
         log_stats=not args.disable_log_stats,
         tool_parser=_tool_parser(args),
+        trust_request_chat_template=args.trust_request_chat_template,
+        max_request_body_bytes=_body_limit(args.max_request_body_mib),
+        metrics_without_api_key=args.metrics_without_api_key,
     )
+
+
+def _body_limit(mib: float) -> int:
+    if not mib > 0:
+        raise ConfigError(f"--max-request-body-mib must be positive, got {mib}")
+    return int(mib * (1 << 20))
 
 
 def _tool_parser(args: argparse.Namespace):
@@ -188,6 +206,9 @@ def _tool_parser(args: argparse.Namespace):
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM / Ctrl-C (0) or until the engine breaks (1: for a supervisor to
+    restart it). A signal drains: no new connections, in-flight requests finish within
+    --shutdown-timeout, then the engine stops."""
     import uvicorn
 
     from octavo.engine.args import config_from_args
@@ -196,28 +217,49 @@ def run_serve(args: argparse.Namespace) -> int:
 
     args = resolve_args(args)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    log = logging.getLogger("octavo.server")
     settings = build_settings(args)
+    if not args.shutdown_timeout >= 0:
+        raise ConfigError(f"--shutdown-timeout must be non-negative, got {args.shutdown_timeout}")
     engine = AsyncLLM(config_from_args(args), start_loop=False)  # the loop runs on this thread
     try:
         app = build_app(engine, settings)
-        logging.getLogger("octavo.server").info(
-            "serving %s on http://%s:%d (max_model_len %d)", ", ".join(settings.served_model_names),
-            args.host or "0.0.0.0", args.port, engine.model_config.max_model_len)
+        log.info("serving %s on http://%s:%d (max_model_len %d)", ", ".join(settings.served_model_names),
+                 args.host or "0.0.0.0", args.port, engine.model_config.max_model_len)
         server = uvicorn.Server(uvicorn.Config(
             app, host=args.host or "0.0.0.0", port=args.port, log_level=args.uvicorn_log_level,
-            access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=5))
-        http = threading.Thread(target=lambda: (server.run(), engine.stop()), name="octavo-http")
+            access_log=not args.disable_uvicorn_access_log, timeout_keep_alive=5,
+            timeout_graceful_shutdown=args.shutdown_timeout))
+        http = threading.Thread(target=_serve_http, args=(server, engine), name="octavo-http")
         http.start()
-        signal.signal(signal.SIGTERM, lambda *_: engine.stop())
-        try:
-            engine.run_engine_loop()  # until the HTTP server ends, or Ctrl-C / SIGTERM here
-        except KeyboardInterrupt:
-            pass
+
+        def on_signal(signum, _frame):
+            if server.should_exit:  # the second signal: stop now
+                server.force_exit = True
+                engine.stop()
+                return
+            log.info("%s: finishing in-flight requests (up to %g s), then stopping",
+                     signal.Signals(signum).name, args.shutdown_timeout)
+            server.should_exit = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        engine.run_engine_loop()  # until the HTTP server has drained, or the engine breaks
         server.should_exit = True
-        http.join(timeout=30)
+        http.join(timeout=args.shutdown_timeout + 10)
     finally:
         engine.shutdown()
+    if engine.dead is not None:
+        log.critical("exiting with status 1: the engine is broken (%s)", engine.dead)
+        return 1
     return 0
+
+
+def _serve_http(server, engine) -> None:
+    try:
+        server.run()
+    finally:
+        engine.stop()  # however HTTP ends, the engine loop on the main thread returns
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:

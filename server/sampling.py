@@ -1,8 +1,9 @@
 """From an API request to the engine's SamplingParams, with every range checked.
 
-SamplingParams itself checks what it owns (temperature >= 0, top_p in (0, 1], ...); here go
-the checks that need the model (token ids within the vocabulary, the context length) or that
-the API adds (logit_bias in [-100, 100], n <= 128).
+SamplingParams itself checks what it owns (temperature finite and >= 0, top_p in (0, 1],
+seeds within 64 bits, ...) and the engine what needs the model (token ids within the
+vocabulary, top_k); here go the checks of the context length and the limits the API adds
+(logit_bias in [-100, 100], n and best_of <= 128).
 """
 from __future__ import annotations
 
@@ -15,20 +16,16 @@ from octavo.structured_output import StructuredOutputParams
 from octavo.server.errors import bad_request
 from octavo.server.protocol import SamplingRequest
 
-MAX_N = 128
-_INT64 = (-(2**63), 2**63 - 1)
+MAX_N = 128  # sequences per prompt: n, and best_of
+MAX_PROMPTS = 256  # prompts in one completions request
 
 
-def _token_ids(ids: list[int] | None, vocab_size: int, param: str) -> list[int] | None:
-    if ids is None:
-        return None
-    for tid in ids:
-        if not 0 <= tid < vocab_size:
-            raise bad_request(f"{param} must hold token ids in [0, {vocab_size}), got {tid}", param)
-    return list(ids)
+def check_num_sequences(value: int | None, param: str) -> None:
+    if value is not None and not 1 <= value <= MAX_N:
+        raise bad_request(f"{param} must be in [1, {MAX_N}], got {value}", param)
 
 
-def logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float] | None:
+def logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
     if not bias:
         return None
     out: dict[int, float] = {}
@@ -37,9 +34,6 @@ def logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, floa
             tid = int(key)
         except (TypeError, ValueError):
             raise bad_request(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
-        if not 0 <= tid < vocab_size:
-            raise bad_request(f"logit_bias token id {tid} is outside the vocabulary [0, {vocab_size})",
-                              "logit_bias")
         if not -100.0 <= value <= 100.0:
             raise bad_request(f"logit_bias values must be in [-100, 100], got {value}", "logit_bias")
         out[tid] = float(value)
@@ -78,10 +72,7 @@ def truncate(ids: list[int], truncate_prompt_tokens: int | None, max_model_len: 
 
 def check_common(req: SamplingRequest) -> None:
     """Checks that do not depend on the prompt (run before tokenizing)."""
-    if req.n is not None and not 1 <= req.n <= MAX_N:
-        raise bad_request(f"n must be in [1, {MAX_N}], got {req.n}", "n")
-    if req.seed is not None and not _INT64[0] <= req.seed <= _INT64[1]:
-        raise bad_request("seed must fit a signed 64-bit integer", "seed")
+    check_num_sequences(req.n, "n")
     if req.stream_options is not None and not req.stream:
         raise bad_request("stream_options can only be set when stream is true", "stream_options")
     if req.prompt_logprobs is not None and req.stream:
@@ -141,8 +132,7 @@ def guided_errors(param: str | None):
         raise bad_request(str(exc), param) from None
 
 
-def build(req: SamplingRequest, *, max_tokens: int | None, logprobs: int | None, vocab_size: int,
-          stream: bool, best_of: int | None = None, prompt_logprobs: int | None = None,
+def build(req: SamplingRequest, *, max_tokens: int | None, logprobs: int | None, stream: bool, best_of: int | None = None, prompt_logprobs: int | None = None,
           structured_outputs: StructuredOutputParams | None = None) -> SamplingParams:
     """SamplingParams for `req`; range errors become 400s naming the parameter."""
     stop = req.stop
@@ -160,15 +150,15 @@ def build(req: SamplingRequest, *, max_tokens: int | None, logprobs: int | None,
         repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
         seed=req.seed,
         stop=list(stop or []),
-        stop_token_ids=_token_ids(req.stop_token_ids, vocab_size, "stop_token_ids") or [],
+        stop_token_ids=list(req.stop_token_ids or []),
         include_stop_str_in_output=bool(req.include_stop_str_in_output),
         ignore_eos=bool(req.ignore_eos),
         max_tokens=max_tokens,
         min_tokens=req.min_tokens or 0,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs if prompt_logprobs is not None else req.prompt_logprobs,
-        logit_bias=logit_bias(req.logit_bias, vocab_size),
-        allowed_token_ids=_token_ids(req.allowed_token_ids, vocab_size, "allowed_token_ids"),
+        logit_bias=logit_bias(req.logit_bias),
+        allowed_token_ids=None if req.allowed_token_ids is None else list(req.allowed_token_ids),
         skip_special_tokens=req.skip_special_tokens is not False,
         spaces_between_special_tokens=req.spaces_between_special_tokens is not False,
         output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,

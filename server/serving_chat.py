@@ -12,7 +12,7 @@ from octavo.server.errors import bad_request
 from octavo.server.logprobs import chat_logprobs, prompt_logprobs
 from octavo.server.protocol import (ChatChoiceLogprobs, ChatCompletionChoice, ChatCompletionRequest,
                                     ChatCompletionResponse, ChatResponseMessage, UsageInfo)
-from octavo.server.serving_common import (DONE, check_token_ids, encode, new_request_id, sse_chunk, sse_error,
+from octavo.server.serving_common import (DONE, check_token_ids, encode, sse_chunk, sse_error,
                                           streaming_response, usage, warn_unknown_fields)
 from octavo.server.state import ServerState
 from octavo.server.tool_calls import Extracted, ToolPlan, plan_tools, with_tools
@@ -33,7 +33,11 @@ def _check(req: ChatCompletionRequest) -> None:
 
 
 def render_prompt(state: ServerState, req) -> tuple[list[dict], list[int]]:
-    """The conversation and its prompt token ids (shared with /tokenize)."""
+    """The conversation and its prompt token ids (shared with /tokenize). Slow (a Jinja
+    template, the tokenizer): run it with `state.run_blocking`."""
+    if req.chat_template is not None and not state.settings.trust_request_chat_template:
+        raise bad_request("this server runs only its own chat template: chat_template in a request is refused "
+                          "unless the server is started with --trust-request-chat-template", "chat_template")
     conv = chat_template.conversation(req.messages)
     text = chat_template.render(
         state.tokenizer, conv, chat_template=req.chat_template or state.settings.chat_template,
@@ -44,12 +48,12 @@ def render_prompt(state: ServerState, req) -> tuple[list[dict], list[int]]:
     return conv, ids
 
 
-async def create_chat_completion(state: ServerState, req: ChatCompletionRequest, raw: Request):
+async def create_chat_completion(state: ServerState, req: ChatCompletionRequest, raw: Request, request_id: str):
     model = state.check_model(req.model)
     warn_unknown_fields(req, ENDPOINT)
     _check(req)
     tools = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, state.settings.tool_parser)
-    conv, ids = render_prompt(state, req)
+    conv, ids = await state.run_blocking(render_prompt, state, req)
     check_token_ids(ids, state.vocab_size, "messages")
     ids = sampling.truncate(ids, req.truncate_prompt_tokens, state.max_model_len)
     if req.max_completion_tokens is not None:
@@ -59,14 +63,13 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
     sampling.check_context(len(ids), max_tokens, state.max_model_len, param)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     guided, guided_param = sampling.structured_outputs(req)
-    params = sampling.build(req, max_tokens=max_tokens, logprobs=logprobs, vocab_size=state.vocab_size,
-                            stream=bool(req.stream), structured_outputs=guided)
+    params = sampling.build(req, max_tokens=max_tokens, logprobs=logprobs, stream=bool(req.stream),
+                            structured_outputs=guided)
     params = with_tools(params, tools)
     role = state.settings.response_role if req.add_generation_prompt is not False else conv[-1]["role"]
     echo = ""
     if req.echo and conv[-1].get("role") == role:
         echo = conv[-1].get("content") or ""
-    request_id = new_request_id("chatcmpl")
     stream = EngineStream(state.engine, {"prompt_token_ids": ids}, params, request_id, state.metrics,
                           state.settings.log_requests, ENDPOINT)
     with sampling.guided_errors(guided_param):
@@ -140,7 +143,7 @@ class _Chat:
                 if include_usage:
                     yield self._chunk([], usage(self.prompt_tokens, sum(self._tokens.values())))
             except Exception as exc:  # the stream has started: report in-band, then end it
-                yield sse_error(exc)
+                yield sse_error(exc, self.request_id)
             yield DONE
         finally:  # however the stream ends (client gone included): abort what still runs
             await outputs.aclose()

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from octavo.server.errors import bad_request, from_exception
@@ -16,8 +18,18 @@ logger = logging.getLogger("octavo.server")
 DONE = "data: [DONE]\n\n"
 
 
-def new_request_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id_for(raw: Request, prefix: str) -> str:
+    """`prefix-<the client's X-Request-Id>` (as vLLM), or `prefix-<random>` without one."""
+    given = raw.headers.get("x-request-id")
+    if given is None:
+        return f"{prefix}-{uuid.uuid4().hex}"
+    if not _CLIENT_REQUEST_ID.fullmatch(given):
+        raise bad_request("the X-Request-Id header must be 1 to 128 letters, digits or '.', '_', ':', '-'",
+                          "x-request-id")
+    return f"{prefix}-{given}"
 
 
 def sse(obj) -> str:
@@ -33,8 +45,8 @@ def sse_chunk(object_name: str, request_id: str, created: int, model: str, choic
     return sse(obj)
 
 
-def sse_error(exc: BaseException) -> str:
-    return sse(from_exception(exc).body())
+def sse_error(exc: BaseException, request_id: str) -> str:
+    return sse(from_exception(exc, request_id).body())
 
 
 def streaming_response(body: AsyncIterator[str]) -> StreamingResponse:

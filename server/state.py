@@ -1,7 +1,9 @@
 """What every route needs: the engine, the server's settings and its metrics."""
 from __future__ import annotations
 
+import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from octavo.server.errors import APIError
@@ -23,6 +25,9 @@ class ServerSettings:
     log_stats: bool = True
     stats_interval: float = 10.0
     tool_parser: type | None = None  # a ToolParser class: tool_choice "auto" is enabled
+    trust_request_chat_template: bool = False  # a request's own chat_template is run (a Jinja template)
+    max_request_body_bytes: int = 16 << 20
+    metrics_without_api_key: bool = False  # /metrics open to scrapers without the key
 
 
 def default_model_name(model: str | None) -> str:
@@ -43,6 +48,13 @@ class ServerState:
         self.max_model_len = engine.model_config.max_model_len
         self.vocab_size = engine.model_config.vocab_size
         self.metrics = ServerMetrics(engine, settings.served_model_names[0], self.max_model_len)
+        # Chat templates and tokenizers run here, off the event loop; one thread, so that this
+        # work never takes more than one core from the engine.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="octavo-tokenize")
+
+    async def run_blocking(self, fn, *args):
+        """fn(*args) in the tokenizer thread, so slow rendering or tokenizing never stalls HTTP."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     @property
     def model_name(self) -> str:

@@ -87,21 +87,22 @@ class ThreadServer:
         self.thread.join(timeout=15)
 
 
-def start_engine(model_path: str, **overrides):
+def start_engine(model_path: str, backend=None, **overrides):
     from octavo.config import EngineConfig
     from octavo.engine.async_engine import AsyncLLM
 
     kwargs = dict(model=model_path, dtype="float32", num_kv_blocks=256, num_threads=1)
     kwargs.update(overrides)
-    return AsyncLLM(EngineConfig.from_kwargs(**kwargs))
+    return AsyncLLM(EngineConfig.from_kwargs(**kwargs), backend=backend)
 
 
 @contextlib.contextmanager
-def running_server(settings, **engine_overrides):
-    """The real app over a fresh tiny-model engine, on a loopback port; `.engine` is exposed."""
+def running_server(settings, backend=None, **engine_overrides):
+    """The real app over a fresh tiny-model engine (on `backend`, else the one the device
+    picks), on a loopback port; `.engine` is exposed."""
     from octavo.server.app import build_app
 
-    engine = start_engine(server_model_path(), **engine_overrides)
+    engine = start_engine(server_model_path(), backend, **engine_overrides)
     try:
         with ThreadServer(build_app(engine, settings)) as srv:
             srv.engine = engine

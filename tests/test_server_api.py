@@ -18,7 +18,7 @@ MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "c
 @pytest.fixture(scope="module")
 def server():
     settings = ServerSettings(served_model_names=[MODEL_NAME, "alias"], model_root=server_model_path(),
-                              log_stats=False)
+                              log_stats=False, trust_request_chat_template=True)
     with running_server(settings) as srv:
         yield srv
 
@@ -350,7 +350,7 @@ def test_spaces_between_special_tokens_reaches_the_engine(http):
     from octavo.server.protocol import CompletionRequest
 
     req = CompletionRequest(prompt="x", spaces_between_special_tokens=False, user="u1")
-    params = sampling.build(req, max_tokens=4, logprobs=None, vocab_size=1000, stream=False)
+    params = sampling.build(req, max_tokens=4, logprobs=None, stream=False)
     assert params.spaces_between_special_tokens is False
     r = complete(http, max_tokens=3, spaces_between_special_tokens=False, skip_special_tokens=False,
                  logit_bias={"1": 100}, ignore_eos=True)

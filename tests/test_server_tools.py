@@ -39,7 +39,7 @@ HERMES_REGEX = re.sub(r"([{}.])", r"\\\1", HERMES_CALL)  # exactly the call: bra
 @pytest.fixture(scope="module")
 def server():
     settings = ServerSettings(served_model_names=[MODEL_NAME], model_root=server_model_path(), log_stats=False,
-                              tool_parser=ToolParserManager.get("hermes"))
+                              tool_parser=ToolParserManager.get("hermes"), trust_request_chat_template=True)
     with running_server(settings) as srv:
         yield srv
 
