@@ -114,16 +114,19 @@ def running_server(settings, backend=None, **engine_overrides):
 @contextlib.contextmanager
 def octavo_serve(args: list[str], port: int, env: dict | None = None, timeout: float = 120):
     """`octavo serve ARGS` as a real subprocess on a loopback port, yielded once healthy with its
-    `url`; after the block it is stopped and its output can be read from `stdout`."""
+    `url`; after the block it is stopped (if still running). `output()` returns what it printed
+    (kept in a file: a pipe nobody reads would block a chatty server)."""
     import httpx
 
     cmd = [sys.executable, "-m", "octavo.cli", "serve", *args, "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tempfile.TemporaryFile("w+", encoding="utf-8")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.output = lambda: (log.seek(0), log.read())[1]
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, proc.output()
             try:
                 if httpx.get(url + "/health", timeout=2).status_code == 200:
                     break
