@@ -16,6 +16,7 @@ import threading
 from octavo.config import ConfigError
 
 API_KEY_ENV = "OCTAVO_API_KEY"
+SHUTDOWN_GRACE_S = 10.0  # past --shutdown-timeout, for the engine and HTTP threads to wind down
 LOG_FORMAT = "%(levelname)s %(asctime)s %(name)s: %(message)s"
 
 
@@ -241,18 +242,28 @@ def run_serve(args: argparse.Namespace) -> int:
             log.info("%s: finishing in-flight requests (up to %g s), then stopping",
                      signal.Signals(signum).name, args.shutdown_timeout)
             server.should_exit = True
+            # Whatever hangs (a step that never returns, a stuck connection), the process ends.
+            watchdog = threading.Timer(args.shutdown_timeout + SHUTDOWN_GRACE_S, _exit_now)
+            watchdog.daemon = True
+            watchdog.start()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         engine.run_engine_loop()  # until the HTTP server has drained, or the engine breaks
         server.should_exit = True
-        http.join(timeout=args.shutdown_timeout + 10)
+        http.join(timeout=args.shutdown_timeout + SHUTDOWN_GRACE_S)
     finally:
         engine.shutdown()
     if engine.dead is not None:
         log.critical("exiting with status 1: the engine is broken (%s)", engine.dead)
         return 1
     return 0
+
+
+def _exit_now() -> None:
+    logging.getLogger("octavo.server").critical("shutdown did not finish in time: exiting now")
+    logging.shutdown()
+    os._exit(1)
 
 
 def _serve_http(server, engine) -> None:
