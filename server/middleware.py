@@ -54,20 +54,21 @@ class RequestBodyMiddleware:
             await APIError("the request body must be JSON, sent with 'Content-Type: application/json'",
                            status=415, code="unsupported_media_type").response()(scope, receive, send)
             return
-        length = headers.get(b"content-length", b"0")
+        declared = headers.get(b"content-length")
         body = bytearray()
-        more = True
-        while more and length.isdigit() and int(length) <= self.max_bytes and len(body) <= self.max_bytes:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+        if declared is None or int(declared) <= self.max_bytes:  # h11 has checked it is a number
+            more = True
+            while more and len(body) <= self.max_bytes:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+            if len(body) <= self.max_bytes:
+                await self.app(scope, _replay(bytes(body), receive), send)
                 return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        if more or len(body) > self.max_bytes:
-            await APIError(f"the request body is larger than this server's limit of {self.max_bytes} bytes",
-                           status=413, code="request_too_large").response()(scope, receive, send)
-            return
-        await self.app(scope, _replay(bytes(body), receive), send)
+        await APIError(f"the request body is larger than this server's limit of {self.max_bytes} bytes",
+                       status=413, code="request_too_large").response()(scope, receive, send)
 
 
 def _replay(body: bytes, receive):
