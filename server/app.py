@@ -93,7 +93,7 @@ def build_app(engine, settings: ServerSettings) -> FastAPI:
         async def work():
             state.check_model(request.model)
             if isinstance(request, P.TokenizeChatRequest):
-                _, ids = render_prompt(state, request)
+                _, _, ids = render_prompt(state, request)
             else:
                 ids = encode(state.tokenizer, request.prompt, request.add_special_tokens)
             strs = state.tokenizer.convert_ids_to_tokens(ids) if request.return_token_strs else None

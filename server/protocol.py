@@ -101,6 +101,10 @@ class SamplingRequest(OpenAIBaseModel):
     guided_grammar: str | None = None
     guided_whitespace_pattern: str | None = None
     guided_decoding_backend: str | None = None
+    # vLLM's current form of the same: {json | regex | choice | grammar | json_object | structural_tag,
+    # disable_any_whitespace, whitespace_pattern, backend}.
+    structured_outputs: dict[str, Any] | None = None
+    return_tokens_as_token_ids: bool | None = None
 
 
 # ---------------------------------------------------------------------------- completions
@@ -167,6 +171,8 @@ class ChatCompletionRequest(SamplingRequest):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = Field(default=None, description="deprecated: use tools")
+    function_call: str | dict[str, Any] | None = Field(default=None, description="deprecated: use tool_choice")
     # vLLM's chat extras.
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -193,7 +199,10 @@ class ChatChoiceLogprobs(BaseModel):
 class ChatResponseMessage(BaseModel):
     role: str
     content: str | None = None
+    reasoning: str | None = None  # a reasoning model's think block (--reasoning-parser), as vLLM
+    reasoning_content: str | None = None  # the same, under the name older vLLM and most clients read
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    function_call: dict[str, Any] | None = None  # the deprecated `functions` API's one call
 
 
 class ChatCompletionChoice(BaseModel):

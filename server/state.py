@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, field
 
 from octavo.server.errors import APIError
+from octavo.server.logprobs import TokenTexts
 from octavo.server.metrics import ServerMetrics
 
 
@@ -23,6 +24,10 @@ class ServerSettings:
     log_stats: bool = True
     stats_interval: float = 10.0
     tool_parser: type | None = None  # a ToolParser class: tool_choice "auto" is enabled
+    reasoning_parser: type | None = None  # a ReasoningParser class: think blocks go to `reasoning`
+    disable_any_whitespace: bool = False  # compact JSON for every JSON constraint, not only tool calls
+    return_tokens_as_token_ids: bool = False  # logprobs name tokens "token_id:N"
+    generation_defaults: dict[str, float] = field(default_factory=dict)  # the model's, for unset fields
 
 
 def default_model_name(model: str | None) -> str:
@@ -43,6 +48,26 @@ class ServerState:
         self.max_model_len = engine.model_config.max_model_len
         self.vocab_size = engine.model_config.vocab_size
         self.metrics = ServerMetrics(engine, settings.served_model_names[0], self.max_model_len)
+        self._token_texts = TokenTexts(self.tokenizer)
+        self._token_ids = TokenTexts(self.tokenizer, as_token_ids=True)
+        parser = settings.reasoning_parser
+        self._reasoning_end = None if parser is None else tuple(
+            self.tokenizer(parser.end, add_special_tokens=False).input_ids)
+
+    def token_texts(self, req) -> TokenTexts:
+        """How this request's logprobs name tokens (one cache of token texts per server)."""
+        if req.return_tokens_as_token_ids or (req.return_tokens_as_token_ids is None
+                                              and self.settings.return_tokens_as_token_ids):
+            return self._token_ids
+        return self._token_texts
+
+    def reasoning_end_ids(self, prompt: str) -> tuple[int, ...] | None:
+        """The tokens that end the reply's think block, or None when the reply cannot reason
+        (no reasoning parser, or the prompt closed the block): a constraint waits for them."""
+        parser = self.settings.reasoning_parser
+        if parser is None or parser.prompt_ends_reasoning(prompt):
+            return None
+        return self._reasoning_end
 
     @property
     def model_name(self) -> str:

@@ -137,7 +137,9 @@ class LLMEngine:
                     seed=None if params.seed is None else params.seed + seq.index,
                     logprobs=params.logprobs if params.logprobs is not None or params.n == params.num_sequences
                     else 0)
-            grammar = GrammarState(parent.grammar) if parent.grammar is not None else None
+            grammar = None
+            if parent.grammar is not None:
+                grammar = GrammarState(parent.grammar, params.structured_outputs.reasoning_end_ids)
             self.scheduler.add_request(Request(seq.request_id, parent.prompt_token_ids, child, max_tokens,
                                                self.eos_token_id, parent.arrival_time, grammar=grammar))
 
