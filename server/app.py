@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -33,6 +34,30 @@ async def _guarded(work):
         return from_exception(exc).response()
 
 
+def add_offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts served from this machine (the
+    fastapi-offline package ships them): the pages work without reaching a CDN."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    assets = os.path.join(os.path.dirname(fastapi_offline.__file__), "static")
+    app.mount("/docs-static", StaticFiles(directory=assets), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc():
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url="/docs-static/redoc.standalone.js",
+                              redoc_favicon_url="/docs-static/favicon.png", with_google_fonts=False)
+
+
 def build_app(engine, settings: ServerSettings) -> FastAPI:
     """An app serving `engine` (an AsyncLLM). The caller owns the engine's lifetime."""
     disable_created_metrics()  # no `*_created` series, as vLLM
@@ -50,8 +75,11 @@ def build_app(engine, settings: ServerSettings) -> FastAPI:
                 task.cancel()
 
     app = FastAPI(title="Octavo", version=octavo.__version__, lifespan=lifespan,
-                  description="OpenAI-compatible API over the Octavo inference engine.")
+                  description="OpenAI-compatible API over the Octavo inference engine.",
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json" if settings.enable_docs else None)
     app.state.octavo = state
+    if settings.enable_docs:
+        add_offline_docs(app)
     install_error_handlers(app)
 
     @app.exception_handler(ClientDisconnected)

@@ -88,7 +88,7 @@ async def start_chat(state: ServerState, req: ChatCompletionRequest, endpoint: s
     guided, guided_param = sampling.structured_outputs(req, state.settings.disable_any_whitespace)
     params = sampling.build(req, max_tokens=max_tokens, logprobs=logprobs, vocab_size=state.vocab_size,
                             stream=bool(req.stream), structured_outputs=guided,
-                            defaults=state.settings.generation_defaults)
+                            defaults=state.generation_defaults)
     params = sampling.after_reasoning(with_tools(params, plan), state.reasoning_end_ids(text))
     role = state.settings.response_role if req.add_generation_prompt is not False else conv[-1]["role"]
     echo = ""

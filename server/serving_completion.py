@@ -74,7 +74,7 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw: Req
     guided, guided_param = sampling.structured_outputs(req, state.settings.disable_any_whitespace)
     params = sampling.build(req, max_tokens=max_tokens, logprobs=req.logprobs, vocab_size=state.vocab_size,
                             stream=bool(req.stream), best_of=req.best_of, prompt_logprobs=prompt_lps,
-                            structured_outputs=guided, defaults=state.settings.generation_defaults)
+                            structured_outputs=guided, defaults=state.generation_defaults)
     request_id = new_request_id("cmpl")
     streams = [EngineStream(state.engine, {"prompt_token_ids": p.token_ids, "prompt": p.text}, params,
                             request_id if len(prompts) == 1 else f"{request_id}-{i}", state.metrics,

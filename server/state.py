@@ -27,7 +27,7 @@ class ServerSettings:
     reasoning_parser: type | None = None  # a ReasoningParser class: think blocks go to `reasoning`
     disable_any_whitespace: bool = False  # compact JSON for every JSON constraint, not only tool calls
     return_tokens_as_token_ids: bool = False  # logprobs name tokens "token_id:N"
-    generation_defaults: dict[str, float] = field(default_factory=dict)  # the model's, for unset fields
+    enable_docs: bool = True  # /docs, /redoc, /openapi.json (their assets served locally)
 
 
 def default_model_name(model: str | None) -> str:
@@ -47,6 +47,7 @@ class ServerState:
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.model_config.max_model_len
         self.vocab_size = engine.model_config.vocab_size
+        self.generation_defaults = engine.generation_defaults  # the model's, for unset sampling fields
         self.metrics = ServerMetrics(engine, settings.served_model_names[0], self.max_model_len)
         self._token_texts = TokenTexts(self.tokenizer)
         self._token_ids = TokenTexts(self.tokenizer, as_token_ids=True)

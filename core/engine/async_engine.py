@@ -52,6 +52,10 @@ class AsyncLLM:
     def model_config(self):
         return self.engine.model_config
 
+    @property
+    def generation_defaults(self) -> dict:
+        return self.engine.generation_defaults
+
     def is_alive(self) -> bool:
         return not self._stopped and self._looping.is_set()
 

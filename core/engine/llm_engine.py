@@ -15,10 +15,11 @@ from octavo.backend import Backend
 from octavo.config import ConfigError, EngineConfig, ModelConfig
 from octavo.devices import loadable_backends, select_backend
 from octavo.engine.options import parse_options
+from octavo.generation_config import generation_defaults
 from octavo.engine.output_processor import OutputProcessor, ParentState, SequenceState
 from octavo.detokenizer import IncrementalDetokenizer
 from octavo.kv_cache import KVCacheManager
-from octavo.loader import load_tokenizer
+from octavo.loader import load_tokenizer, resolve_model_path
 from octavo.outputs import RequestOutput
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import RequestOutputKind, SamplingParams
@@ -68,6 +69,11 @@ class LLMEngine:
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.enable_chunked_prefill, self.structured_output)
         self.outputs = OutputProcessor(self.tokenizer)
+        self.generation_defaults = generation_defaults(resolve_model_path(config.model), config.generation_config,
+                                                       config.override_generation_config)
+        if self.generation_defaults:
+            logger.info("sampling defaults from the model's generation config (--generation-config vllm "
+                        "turns them off): %s", ", ".join(f"{k}={v}" for k, v in self.generation_defaults.items()))
         self.worker.warm_up()
         logger.info("engine ready: %s on %s (%s), %d KV blocks of %d tokens", self.model_config.architecture,
                     self.backend.name, config.dtype, num_blocks, config.block_size)
