@@ -70,7 +70,7 @@ class ToolPlan:
                 logger.warning("strict tools: the %s tool parser has no structural tag, so calls under "
                                'tool_choice "auto" are not constrained', self.parser_cls.__name__)
                 return None
-            return StructuredOutputParams(structural_tag=tag)
+            return StructuredOutputParams(structural_tag=tag, disable_any_whitespace=True)
         return None
 
     def extractor(self) -> ToolCallExtractor:

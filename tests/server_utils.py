@@ -60,6 +60,33 @@ def server_model_path() -> str:
     return make_server_model(path)
 
 
+# A Qwen3-style template that opens the think block in the generation prompt (as Qwen3
+# *-Thinking-2507 and DeepSeek-R1 do), or closes an empty one with enable_thinking=False.
+QWEN3_THINK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if tools %}<|im_start|>system\ntools:{% for t in tools %} {{ t.function.name }}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% else %}<think>\n"
+    "{% endif %}{% endif %}")
+THINK_TOKENS = ("<think>", "</think>", "<tool_call>", "</tool_call>")  # ids 1000-1003, as Qwen3's added tokens
+
+
+@functools.lru_cache(maxsize=1)
+def reasoning_model_path() -> str:
+    """The tiny Qwen3 with Qwen3's added tokens (<think>, </think>, <tool_call>, </tool_call>) and
+    QWEN3_THINK_TEMPLATE, built once per test process."""
+    from transformers import AutoTokenizer
+
+    path = tempfile.mkdtemp(prefix="octavo-reasoning-model-")
+    atexit.register(shutil.rmtree, path, True)
+    make_tiny_model("qwen3", path, vocab_size=1000 + len(THINK_TOKENS))
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.add_tokens(list(THINK_TOKENS))
+    tok.chat_template = QWEN3_THINK_TEMPLATE
+    tok.save_pretrained(path)
+    return path
+
+
 class ThreadServer:
     """uvicorn serving `app` on 127.0.0.1:<free port> in a daemon thread."""
 
@@ -97,14 +124,16 @@ def start_engine(model_path: str, **overrides):
 
 
 @contextlib.contextmanager
-def running_server(settings, **engine_overrides):
-    """The real app over a fresh tiny-model engine, on a loopback port; `.engine` is exposed."""
+def running_server(settings, model_path: str | None = None, **engine_overrides):
+    """The real app over a fresh tiny-model engine, on a loopback port; `.engine` and the
+    app's `.state` are exposed."""
     from octavo.server.app import build_app
 
-    engine = start_engine(server_model_path(), **engine_overrides)
+    engine = start_engine(model_path or server_model_path(), **engine_overrides)
     try:
-        with ThreadServer(build_app(engine, settings)) as srv:
-            srv.engine = engine
+        app = build_app(engine, settings)
+        with ThreadServer(app) as srv:
+            srv.engine, srv.state = engine, app.state.octavo
             yield srv
     finally:
         engine.shutdown()

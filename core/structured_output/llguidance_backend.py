@@ -10,6 +10,9 @@ from octavo.structured_output.backend import GrammarBackend, GrammarError
 from octavo.structured_output.params import StructuredOutputParams
 
 
+_COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}  # one space at most
+
+
 class LLGuidanceBackend(GrammarBackend):
     name = "llguidance"
 
@@ -25,14 +28,17 @@ class LLGuidanceBackend(GrammarBackend):
                 schema = spec.schema()
                 options = {"whitespace_pattern": spec.whitespace_pattern} if spec.whitespace_pattern else {}
                 if spec.disable_any_whitespace:
-                    options = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+                    options = _COMPACT
                 grammar = llg.LLMatcher.grammar_from_json_schema(
                     _closed(schema) if spec.strict and not spec.json_object else schema, overrides=options or None)
             elif spec.structural_tag is not None:
                 tag = spec.tag()
                 grammar = llg.StructTag.to_grammar([
                     llg.StructTag(trigger=next(t for t in tag["triggers"] if s["begin"].startswith(t)),
-                                  begin=s["begin"], grammar=s["schema"], end=s["end"]) for s in tag["structures"]])
+                                  begin=s["begin"], end=s["end"],
+                                  grammar=_closed(s["schema"]) | ({"x-guidance": _COMPACT} if spec.disable_any_whitespace
+                                                                 else {}))
+                    for s in tag["structures"]])
             elif spec.regex is not None:
                 grammar = llg.LLMatcher.grammar_from_regex(spec.regex)
             elif spec.choice is not None:

@@ -29,10 +29,13 @@ def _json_grammar(schema: dict, strict: bool, any_whitespace: bool = True) -> xg
     return xgr.Grammar.from_ebnf(ebnf)
 
 
-def _triggered_tags(tag: dict) -> dict:
-    """vLLM's structural tag in xgrammar's own format."""
+def _triggered_tags(tag: dict, any_whitespace: bool) -> dict:
+    """vLLM's structural tag in xgrammar's own format. Each schema goes in as the grammar
+    `_json_grammar` builds (xgrammar's own json_schema content has neither the string fix nor
+    a whitespace bound)."""
     tags = [{"type": "tag", "begin": s["begin"], "end": s["end"],
-             "content": {"type": "json_schema", "json_schema": s["schema"]}} for s in tag["structures"]]
+             "content": {"type": "grammar", "grammar": str(_json_grammar(s["schema"], True, any_whitespace))}}
+            for s in tag["structures"]]
     return {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": tag["triggers"], "tags": tags}}
 
 
@@ -56,7 +59,7 @@ class XGrammarBackend(GrammarBackend):
                 return _json_grammar(spec.schema(), strict=spec.strict and not spec.json_object,
                                      any_whitespace=not spec.disable_any_whitespace)
             if spec.structural_tag is not None:
-                return xgr.Grammar.from_structural_tag(_triggered_tags(spec.tag()))
+                return xgr.Grammar.from_structural_tag(_triggered_tags(spec.tag(), not spec.disable_any_whitespace))
             if spec.regex is not None:
                 return xgr.Grammar.from_regex(spec.regex)
             if spec.choice is not None:
