@@ -1,6 +1,7 @@
 """Small pieces both generation endpoints share: ids, SSE framing, usage, prompt checks."""
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import uuid
@@ -51,9 +52,17 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None 
 
 
 def warn_unknown_fields(req: OpenAIBaseModel, endpoint: str) -> None:
+    """Unknown fields are accepted (OpenAI's clients send extras); one that looks like a
+    misspelled known field says so, since the request then runs without it."""
     fields = req.unknown_fields()
-    if fields:
-        logger.warning("%s: ignoring unknown request fields %s", endpoint, ", ".join(fields))
+    if not fields:
+        return
+    known = list(type(req).model_fields)
+    named = []
+    for name in fields:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        named.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    logger.warning("%s: ignoring unknown request fields %s", endpoint, ", ".join(named))
 
 
 def encode(tokenizer, text: str, add_special_tokens: bool, param: str = "prompt") -> list[int]:

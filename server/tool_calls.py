@@ -264,43 +264,49 @@ class NamedCall(ToolCallExtractor):
 class RequiredCalls(ToolCallExtractor):
     """tool_choice "required": the output is a guided JSON list of {"name", "parameters"}.
 
-    Streaming sends each call once its object is complete (the next one has begun or the
-    list is closed): partial JSON parsing says how many objects the text holds so far."""
+    A call counts once its object is complete (the next one has begun or the list is closed):
+    partial JSON parsing says how many objects the text holds so far. Streaming sends each call
+    then; a list cut short by max_tokens keeps the calls it completed."""
 
     def __init__(self) -> None:
         super().__init__()
         self.text = ""
 
     def full(self, text: str) -> Extracted:
-        try:
-            calls = json.loads(text)
-        except ValueError:  # cut short (max_tokens): no valid list
+        calls = _complete_calls(text, final=True)
+        if not calls:  # cut short before its first call was whole
             return Extracted(text)
         return Extracted(None, [self.call(i, *_name_arguments(c)) for i, c in enumerate(calls)])
 
     def stream(self, delta_text: str) -> Extracted:
         self.text += delta_text
-        try:
-            calls = partial_json_parser.loads(self.text)
-        except Exception:  # noqa: BLE001 - nothing parseable yet
-            return Extracted()
-        if not isinstance(calls, list):
-            return Extracted()
-        complete = len(calls) - 1 if not self.text.rstrip().endswith("]") else len(calls)
-        return self._deltas(calls, complete)
+        return self._deltas(_complete_calls(self.text, final=False))
 
     def finish(self) -> Extracted:
-        try:
-            calls = json.loads(self.text)
-        except ValueError:
-            return Extracted()
-        return self._deltas(calls, len(calls))
+        return self._deltas(_complete_calls(self.text, final=True))
 
-    def _deltas(self, calls: list[dict], complete: int) -> Extracted:
-        """Deltas of the calls not sent yet among the first `complete`."""
-        return Extracted(None, [d for i in range(len(self.ids), complete)
+    def _deltas(self, calls: list[dict]) -> Extracted:
+        """Deltas of the complete calls not sent yet."""
+        return Extracted(None, [d for i in range(len(self.ids), len(calls))
                                 for d in self.call_deltas(i, *_name_arguments(calls[i]))])
 
+
+def _complete_calls(text: str, final: bool) -> list[dict]:
+    """The whole call objects of a (possibly unfinished) guided list. Until the reply ends, the
+    last object may still grow; at its end an object parsed in full is whole."""
+    try:
+        calls = json.loads(text)
+        return calls if isinstance(calls, list) else []
+    except ValueError:
+        pass
+    try:
+        calls = partial_json_parser.loads(text)
+    except Exception:  # noqa: BLE001 - nothing parseable yet
+        return []
+    if not isinstance(calls, list):
+        return []
+    whole = len(calls) - 1 if not text.rstrip().endswith("]") else len(calls)
+    return [c for c in calls[:whole] if isinstance(c, dict) and "name" in c and "parameters" in c]
 
 
 def _name_arguments(call: dict) -> tuple[str, str]:
