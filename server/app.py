@@ -18,6 +18,7 @@ from octavo.server.middleware import APIKeyMiddleware, JSONBodyMiddleware
 from octavo.server.serving_chat import create_chat_completion, render_prompt
 from octavo.server.serving_common import encode
 from octavo.server.serving_completion import create_completion
+from octavo.server.serving_responses import create_response
 from octavo.server.state import ServerSettings, ServerState
 from octavo.server.tracking import ClientDisconnected
 
@@ -102,6 +103,10 @@ def build_app(engine, settings: ServerSettings) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=P.ChatCompletionResponse, responses=_ERRORS)
     async def chat_completions(request: P.ChatCompletionRequest, raw: Request):
         return await _guarded(create_chat_completion(state, request, raw))
+
+    @app.post("/v1/responses", responses=_ERRORS)
+    async def responses(request: P.ResponsesRequest, raw: Request):
+        return await _guarded(create_response(state, request, raw))
 
     # ------------------------------------------------------------------ models, tokenizer
 

@@ -171,7 +171,7 @@ class ChatJob:
             return None
         return chat_logprobs(self.state.token_texts(self.req), token_ids, positions or [], self.req.top_logprobs or 0)
 
-    def _finish_reason(self, index: int, reason: str | None) -> str | None:
+    def finish_reason(self, index: int, reason: str | None) -> str | None:
         reason = self.parsers[index].tools.finish_reason(reason)
         return "function_call" if self.spec.legacy_functions and reason == "tool_calls" else reason
 
@@ -197,7 +197,7 @@ class ChatJob:
             choices.append(ChatCompletionChoice(
                 index=c.index, message=message,
                 logprobs=ChatChoiceLogprobs(content=content) if content is not None else None,
-                finish_reason=self._finish_reason(c.index, c.finish_reason),
+                finish_reason=self.finish_reason(c.index, c.finish_reason),
                 stop_reason=c.stop_reason,
                 token_ids=list(c.token_ids) if self.req.return_token_ids else None))
         choices.sort(key=lambda c: c.index)
@@ -267,7 +267,7 @@ class ChatJob:
             last = j == len(parts) - 1
             choice = {"index": c.index, "delta": part,
                       "logprobs": {"content": content} if content is not None and j == 0 else None,
-                      "finish_reason": self._finish_reason(c.index, c.finish_reason) if last else None}
+                      "finish_reason": self.finish_reason(c.index, c.finish_reason) if last else None}
             if last and c.finish_reason is not None:
                 choice["stop_reason"] = c.stop_reason
             if self.req.return_token_ids and j == 0:
