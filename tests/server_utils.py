@@ -188,3 +188,31 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
 def sse_events(body: str) -> list[str]:
     """The `data:` payloads of an SSE body, in order."""
     return [line[len("data: "):] for line in body.split("\n") if line.startswith("data: ")]
+
+
+# The reasoning model's tests: token ids of </think> and <tool_call> (logit biases end the random
+# model's reasoning and begin a call), and the request extra that switches thinking off.
+REASONING_MODEL = "tiny-qwen3"
+THINK_END, TOOL_CALL = 1001, 1002
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
+
+
+@contextlib.contextmanager
+def tool_server(reasoning: bool = False):
+    """A running server with the hermes tool parser: over the tiny Llama, or (reasoning) over the
+    tiny Qwen3 with the qwen3 reasoning parser."""
+    from octavo.server.reasoning_parsers import ReasoningParserManager
+    from octavo.server.state import ServerSettings
+    from octavo.server.tool_parsers import ToolParserManager
+
+    hermes = ToolParserManager.get("hermes")
+    if reasoning:
+        settings = ServerSettings(served_model_names=[REASONING_MODEL], log_stats=False, tool_parser=hermes,
+                                  reasoning_parser=ReasoningParserManager.get("qwen3"))
+        model = reasoning_model_path()
+    else:
+        settings = ServerSettings(served_model_names=[MODEL_NAME], model_root=server_model_path(), log_stats=False,
+                                  tool_parser=hermes)
+        model = server_model_path()
+    with running_server(settings, model) as srv:
+        yield srv

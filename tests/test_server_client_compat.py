@@ -14,7 +14,7 @@ import re
 import jsonschema
 import openai
 import pytest
-from server_utils import MODEL_NAME, running_server, server_model_path
+from server_utils import MODEL_NAME, running_server, server_model_path, tool_server
 
 from octavo.server.state import ServerSettings
 from octavo.server.tool_parsers import ToolParserManager
@@ -37,9 +37,7 @@ def escaped(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def server():
-    settings = ServerSettings(served_model_names=[MODEL_NAME], model_root=server_model_path(), log_stats=False,
-                              tool_parser=ToolParserManager.get("hermes"))
-    with running_server(settings) as srv:
+    with tool_server() as srv:
         yield srv
 
 

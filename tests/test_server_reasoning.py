@@ -12,27 +12,20 @@ import random
 
 import jsonschema
 import pytest
-from server_utils import reasoning_model_path, running_server
+from server_utils import NO_THINKING, THINK_END, TOOL_CALL, reasoning_model_path, tool_server
+from server_utils import REASONING_MODEL as MODEL
 
 from octavo.server.reasoning_parsers import ReasoningParser, ReasoningParserManager
-from octavo.server.state import ServerSettings
-from octavo.server.tool_parsers import ToolParserManager
 
-MODEL = "tiny-qwen3"
-THINK_END, TOOL_CALL = 1001, 1002  # token ids of </think> and <tool_call>
 MESSAGES = [{"role": "user", "content": "Weather in Paris?"}]
 CITY = {"type": "object", "additionalProperties": False, "required": ["city"],
         "properties": {"city": {"type": "string", "maxLength": 8}}}
 STRICT_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": CITY, "strict": True}}]
-NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
 
 
 @pytest.fixture(scope="module")
 def server():
-    settings = ServerSettings(served_model_names=[MODEL], log_stats=False,
-                              tool_parser=ToolParserManager.get("hermes"),
-                              reasoning_parser=ReasoningParserManager.get("qwen3"))
-    with running_server(settings, reasoning_model_path()) as srv:
+    with tool_server(reasoning=True) as srv:
         yield srv
 
 

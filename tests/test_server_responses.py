@@ -9,26 +9,20 @@ import json
 import jsonschema
 import openai
 import pytest
-from server_utils import reasoning_model_path, running_server
+from server_utils import NO_THINKING, tool_server
+from server_utils import REASONING_MODEL as MODEL
+from server_utils import THINK_END as _THINK_END
+from server_utils import TOOL_CALL as _TOOL_CALL
 
-from octavo.server.reasoning_parsers import ReasoningParserManager
-from octavo.server.state import ServerSettings
-from octavo.server.tool_parsers import ToolParserManager
-
-MODEL = "tiny-qwen3"
-THINK_END, TOOL_CALL = "1001", "1002"
+THINK_END, TOOL_CALL = str(_THINK_END), str(_TOOL_CALL)  # logit_bias keys
 CITY = {"type": "object", "additionalProperties": False, "required": ["city"],
         "properties": {"city": {"type": "string", "maxLength": 8}}}
 TOOL = {"type": "function", "name": "get_weather", "parameters": CITY, "strict": True}
-NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
 
 
 @pytest.fixture(scope="module")
 def server():
-    settings = ServerSettings(served_model_names=[MODEL], log_stats=False,
-                              tool_parser=ToolParserManager.get("hermes"),
-                              reasoning_parser=ReasoningParserManager.get("qwen3"))
-    with running_server(settings, reasoning_model_path()) as srv:
+    with tool_server(reasoning=True) as srv:
         yield srv
 
 

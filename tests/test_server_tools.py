@@ -13,12 +13,10 @@ import re
 import jsonschema
 import openai
 import pytest
-from server_utils import MODEL_NAME, running_server, server_model_path
+from server_utils import MODEL_NAME, tool_server
 
 from octavo.server.errors import APIError
-from octavo.server.state import ServerSettings
 from octavo.server.tool_calls import plan_tools
-from octavo.server.tool_parsers import ToolParserManager
 
 WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
            "properties": {"city": {"type": "string", "maxLength": 12},
@@ -38,9 +36,7 @@ HERMES_REGEX = re.sub(r"([{}.])", r"\\\1", HERMES_CALL)  # exactly the call: bra
 
 @pytest.fixture(scope="module")
 def server():
-    settings = ServerSettings(served_model_names=[MODEL_NAME], model_root=server_model_path(), log_stats=False,
-                              tool_parser=ToolParserManager.get("hermes"))
-    with running_server(settings) as srv:
+    with tool_server() as srv:
         yield srv
 
 
