@@ -1,0 +1,41 @@
+"""The streamed tool-call shape through LlamaIndex's OpenAI-compatible client and the openai 2.x
+SDK's stream helper, which failed on chunks holding two entries of one index (LlamaIndex read
+`get_weather({})`, the helper 'Invalid JSON: EOF'). Both pin openai<3, so they run in the
+`.venv-clients` environment scripts/setup.sh --test builds, against a server in this process."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from server_utils import MODEL_NAME, tool_server
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = os.path.join(ROOT, ".venv-clients", "bin", "python")
+CALL = '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}'
+
+
+@pytest.fixture(scope="module")
+def server():
+    with tool_server() as srv:
+        yield srv
+
+
+def test_llamaindex_and_openai2_stream_helpers(server):
+    if not os.path.exists(PYTHON):
+        if os.environ.get("CI"):
+            pytest.fail("the .venv-clients environment is missing: scripts/setup.sh --test builds it")
+        pytest.skip("no .venv-clients (scripts/setup.sh --test builds it)")
+    import re
+
+    regex = re.sub(r"([{}.])", r"\\\1", f"Checking. <tool_call>{CALL}</tool_call>")
+    out = subprocess.run([PYTHON, os.path.join(ROOT, "tests", "clients", "openai2_clients.py"), server.url,
+                          MODEL_NAME, regex], capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["openai"].startswith("2.")
+    want = [["get_weather", {"city": "Paris", "unit": "celsius"}]]
+    assert result["llamaindex"] == want and result["openai_stream"] == want
+    assert sys.version_info  # the server ran in this interpreter, the clients in theirs
