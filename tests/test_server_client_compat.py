@@ -303,6 +303,45 @@ def test_generation_config_defaults(tmp_path):
     assert llm.get_default_sampling_params() == SamplingParams(top_k=1, temperature=0.2, max_tokens=7)
 
 
+def test_generation_defaults_from_gguf_metadata(tmp_path):
+    import gguf
+    import numpy as np
+
+    from octavo.config import ConfigError
+    from octavo.generation_config import generation_defaults
+
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_float32("general.sampling.temp", 0.5)
+    writer.add_float32("general.sampling.top_p", 0.75)
+    writer.add_uint32("general.sampling.top_k", 20)
+    writer.add_tensor("x", np.zeros(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert generation_defaults(str(path)) == {"temperature": 0.5, "top_p": 0.75, "top_k": 20}
+    assert generation_defaults(str(path), "vllm") == {}
+    with pytest.raises(ConfigError, match="unknown key 'tempurature'"):
+        generation_defaults(str(path), overrides={"tempurature": 1})
+
+
+def test_server_wide_compact_json(server, openai_client):
+    """--structured-outputs-config '{"disable_any_whitespace": true}' for every JSON constraint."""
+    schema = {"type": "object", "required": ["a"], "properties": {"a": {"type": "array", "items": {"type": "integer"}}}}
+    settings = server.state.settings
+    settings.disable_any_whitespace = True
+    try:
+        for seed in range(3):
+            out = chat(openai_client, tools=openai.NOT_GIVEN, seed=seed, max_tokens=150,
+                       response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+            text = out.choices[0].message.content
+            if out.choices[0].finish_reason == "stop":
+                assert text == json.dumps(json.loads(text))
+    finally:
+        settings.disable_any_whitespace = False
+
+
 def octavo_commands() -> dict[str, argparse.ArgumentParser]:
     """`serve`, `generate`, `bench NAME`, ...: the subcommand parsers as `octavo`'s main() builds them."""
     import octavo.cli as cli
