@@ -14,6 +14,7 @@ into OpenAI tool calls, whole (`full`) or as stream deltas (`stream`, then `fini
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -67,8 +68,7 @@ class ToolPlan:
         if self.choice == "auto" and self.strict:
             tag = self.parser_cls.structural_tag(self.tools)
             if tag is None:
-                logger.warning("strict tools: the %s tool parser has no structural tag, so calls under "
-                               'tool_choice "auto" are not constrained', self.parser_cls.__name__)
+                _warn_unconstrained(self.parser_cls)
                 return None
             return StructuredOutputParams(structural_tag=tag, disable_any_whitespace=True)
         return None
@@ -81,6 +81,13 @@ class ToolPlan:
         if self.choice == "auto" and self.parser_cls is not None:
             return ParsedCalls(self.parser_cls(self.declared))
         return ToolCallExtractor()
+
+
+@functools.cache
+def _warn_unconstrained(parser_cls: type[ToolParser]) -> None:
+    """Once per parser: strict tools are asked for, but its call format has no structural tag."""
+    logger.warning('strict tools: the %s tool parser has no structural tag, so their calls under tool_choice '
+                   '"auto" are parsed but not constrained', parser_cls.__name__)
 
 
 def with_tools(params: SamplingParams, plan: ToolPlan) -> SamplingParams:
