@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
-import sys
 
 import pytest
 from server_utils import MODEL_NAME, tool_server
@@ -28,8 +28,6 @@ def test_llamaindex_and_openai2_stream_helpers(server):
         if os.environ.get("CI"):
             pytest.fail("the .venv-clients environment is missing: scripts/setup.sh --test builds it")
         pytest.skip("no .venv-clients (scripts/setup.sh --test builds it)")
-    import re
-
     regex = re.sub(r"([{}.])", r"\\\1", f"Checking. <tool_call>{CALL}</tool_call>")
     out = subprocess.run([PYTHON, os.path.join(ROOT, "tests", "clients", "openai2_clients.py"), server.url,
                           MODEL_NAME, regex], capture_output=True, text=True, timeout=300, check=False)
@@ -38,4 +36,3 @@ def test_llamaindex_and_openai2_stream_helpers(server):
     assert result["openai"].startswith("2.")
     want = [["get_weather", {"city": "Paris", "unit": "celsius"}]]
     assert result["llamaindex"] == want and result["openai_stream"] == want
-    assert sys.version_info  # the server ran in this interpreter, the clients in theirs
