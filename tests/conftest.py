@@ -18,6 +18,25 @@ def tiny_model(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def hermes_server():
+    """The tiny Llama served with the hermes tool parser, shared by the tool-calling modules."""
+    from server_utils import tool_server
+
+    with tool_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def reasoning_server():
+    """The tiny Qwen3 (think tokens, a think-opening template) served with the qwen3 reasoning
+    parser and the hermes tool parser, shared by the reasoning and Responses modules."""
+    from server_utils import tool_server
+
+    with tool_server(reasoning=True) as srv:
+        yield srv
+
+
 @pytest.fixture(scope="module")
 def http(server):
     """An HTTP client for the module's `server` fixture (the server tests define one each)."""

@@ -14,7 +14,7 @@ import re
 import jsonschema
 import openai
 import pytest
-from server_utils import MODEL_NAME, running_server, server_model_path, tool_server
+from server_utils import MODEL_NAME, concurrently, running_server, server_model_path
 
 from octavo.server.state import ServerSettings
 from octavo.server.tool_parsers import ToolParserManager
@@ -36,9 +36,8 @@ def escaped(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def server():
-    with tool_server() as srv:
-        yield srv
+def server(hermes_server):
+    return hermes_server
 
 
 @contextlib.contextmanager
@@ -80,18 +79,20 @@ def assemble(chunks) -> tuple[str | None, list[dict], str | None]:
 # ------------------------------------------------------------------ defects
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_required_with_two_tools_fits_128_tokens(openai_client, seed):
+def test_required_with_two_tools_fits_128_tokens(openai_client):
     """Compact JSON: before, the random model filled max_tokens with whitespace and no call came back."""
-    whole = chat(openai_client, tool_choice="required", seed=seed).choices[0]
-    # The random model may go on adding calls to the list: cut short, it keeps the ones it completed.
-    assert whole.finish_reason in ("tool_calls", "length") and whole.message.tool_calls
-    for call in whole.message.tool_calls:
-        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
-    content, calls, finish = assemble(chat(openai_client, tool_choice="required", seed=seed, stream=True))
-    assert finish == whole.finish_reason and content is None
-    assert [(c["name"], c["arguments"]) for c in calls] == \
-        [(c.function.name, c.function.arguments) for c in whole.message.tool_calls]
+    seeds = range(20)
+    wholes = concurrently(lambda seed: chat(openai_client, tool_choice="required", seed=seed).choices[0], seeds)
+    streams = concurrently(lambda seed: assemble(chat(openai_client, tool_choice="required", seed=seed, stream=True)),
+                           seeds)
+    for whole, (content, calls, finish) in zip(wholes, streams):
+        # The random model may go on adding calls to the list: cut short, it keeps the ones it completed.
+        assert whole.finish_reason in ("tool_calls", "length") and whole.message.tool_calls
+        for call in whole.message.tool_calls:
+            jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+        assert finish == whole.finish_reason and content is None
+        assert [(c["name"], c["arguments"]) for c in calls] == \
+            [(c.function.name, c.function.arguments) for c in whole.message.tool_calls]
 
 
 def test_completion_top_logprobs_keep_every_candidate(openai_client):

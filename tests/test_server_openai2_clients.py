@@ -10,7 +10,7 @@ import re
 import subprocess
 
 import pytest
-from server_utils import MODEL_NAME, tool_server
+from server_utils import MODEL_NAME
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = os.path.join(ROOT, ".venv-clients", "bin", "python")
@@ -18,9 +18,8 @@ CALL = '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"
 
 
 @pytest.fixture(scope="module")
-def server():
-    with tool_server() as srv:
-        yield srv
+def server(hermes_server):
+    return hermes_server
 
 
 def test_llamaindex_and_openai2_stream_helpers(server):

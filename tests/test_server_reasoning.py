@@ -12,7 +12,7 @@ import random
 
 import jsonschema
 import pytest
-from server_utils import NO_THINKING, THINK_END, TOOL_CALL, reasoning_model_path, tool_server
+from server_utils import NO_THINKING, THINK_END, TOOL_CALL, concurrently, reasoning_model_path
 from server_utils import REASONING_MODEL as MODEL
 
 from octavo.server.reasoning_parsers import ReasoningParser, ReasoningParserManager
@@ -24,9 +24,8 @@ STRICT_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parame
 
 
 @pytest.fixture(scope="module")
-def server():
-    with tool_server(reasoning=True) as srv:
-        yield srv
+def server(reasoning_server):
+    return reasoning_server
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,30 +47,36 @@ def reasoning_of(message) -> str | None:
     return extra.get("reasoning")
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_think_block_goes_to_reasoning(openai_client, seed):
-    r = chat(openai_client, seed=seed, logit_bias={str(THINK_END): 4}, extra_body={"return_token_ids": True})
-    choice = r.choices[0]
-    text = tokenizer().decode(choice.model_extra["token_ids"])
-    reasoning, content = reasoning_of(choice.message), choice.message.content
-    if "</think>" in text:
-        assert text == (reasoning or "") + "</think>" + (content or "")
-    else:  # still thinking when max_tokens ran out: all of it is reasoning
-        assert (reasoning, content) == (text, None)
+def test_think_block_goes_to_reasoning(openai_client):
+    outs = concurrently(lambda seed: chat(openai_client, seed=seed, logit_bias={str(THINK_END): 4},
+                                          extra_body={"return_token_ids": True}), range(4))
+    for r in outs:
+        choice = r.choices[0]
+        text = tokenizer().decode(choice.model_extra["token_ids"])
+        reasoning, content = reasoning_of(choice.message), choice.message.content
+        if "</think>" in text:
+            assert text == (reasoning or "") + "</think>" + (content or "")
+        else:  # still thinking when max_tokens ran out: all of it is reasoning
+            assert (reasoning, content) == (text, None)
+
+
+def _streamed(client, seed: int) -> tuple[str | None, str | None]:
+    reasoning, content = "", ""
+    for chunk in chat(client, seed=seed, logit_bias={str(THINK_END): 4}, stream=True):
+        for choice in chunk.choices:
+            delta = choice.delta.model_extra or {}
+            assert delta.get("reasoning") == delta.get("reasoning_content")
+            assert not (delta.get("reasoning") and choice.delta.content), "one part per chunk"
+            reasoning += delta.get("reasoning") or ""
+            content += choice.delta.content or ""
+    return reasoning or None, content or None
 
 
 def test_streamed_reasoning_deltas_add_up(openai_client):
-    for seed in range(4):
-        whole = chat(openai_client, seed=seed, logit_bias={str(THINK_END): 4}).choices[0].message
-        reasoning, content = "", ""
-        for chunk in chat(openai_client, seed=seed, logit_bias={str(THINK_END): 4}, stream=True):
-            for choice in chunk.choices:
-                delta = choice.delta.model_extra or {}
-                assert delta.get("reasoning") == delta.get("reasoning_content")
-                assert not (delta.get("reasoning") and choice.delta.content), "one part per chunk"
-                reasoning += delta.get("reasoning") or ""
-                content += choice.delta.content or ""
-        assert (reasoning or None, content or None) == (reasoning_of(whole), whole.content)
+    seeds = range(4)
+    wholes = concurrently(lambda seed: chat(openai_client, seed=seed, logit_bias={str(THINK_END): 4}), seeds)
+    for whole, streamed in zip(wholes, concurrently(lambda seed: _streamed(openai_client, seed), seeds)):
+        assert streamed == (reasoning_of(whole.choices[0].message), whole.choices[0].message.content)
 
 
 def test_thinking_switched_off_is_all_content(openai_client):
@@ -99,9 +104,10 @@ def test_strict_tools_under_auto_are_constrained(openai_client, thinking):
     valid arguments; tools are parsed from the content after the reasoning."""
     extra = {} if thinking else NO_THINKING
     calls = 0
-    for seed in range(6):
-        out = chat(openai_client, seed=seed, tools=STRICT_TOOLS, logit_bias={str(THINK_END): 4, str(TOOL_CALL): 4},
-                   max_completion_tokens=100, extra_body=extra).choices[0]
+    outs = concurrently(lambda seed: chat(openai_client, seed=seed, tools=STRICT_TOOLS, max_completion_tokens=100,
+                                          logit_bias={str(THINK_END): 4, str(TOOL_CALL): 4}, extra_body=extra),
+                        range(6))
+    for out in (r.choices[0] for r in outs):
         for call in out.message.tool_calls or []:
             assert call.function.name == "get_weather"
             jsonschema.validate(json.loads(call.function.arguments), CITY)
@@ -121,11 +127,11 @@ def test_pydantic_tools_through_parse(openai_client):
         city: str = pydantic.Field(max_length=8)
 
     parsed = 0
-    for seed in range(4):
-        r = openai_client.chat.completions.parse(
-            model=MODEL, messages=MESSAGES, tools=[openai.pydantic_function_tool(GetWeather)], seed=seed,
-            logit_bias={str(TOOL_CALL): 5}, max_completion_tokens=150, extra_body=NO_THINKING,
-            stop=["</tool_call>"])  # the reply ends with its first call (parse() refuses a cut-off reply)
+    outs = concurrently(lambda seed: openai_client.chat.completions.parse(
+        model=MODEL, messages=MESSAGES, tools=[openai.pydantic_function_tool(GetWeather)], seed=seed,
+        logit_bias={str(TOOL_CALL): 5}, max_completion_tokens=150, extra_body=NO_THINKING,
+        stop=["</tool_call>"]), range(4))  # the reply ends with its first call (parse() refuses a cut-off reply)
+    for r in outs:
         for call in r.choices[0].message.tool_calls or []:
             assert isinstance(call.function.parsed_arguments, GetWeather)
             parsed += 1

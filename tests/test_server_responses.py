@@ -9,7 +9,7 @@ import json
 import jsonschema
 import openai
 import pytest
-from server_utils import NO_THINKING, tool_server
+from server_utils import NO_THINKING, concurrently
 from server_utils import REASONING_MODEL as MODEL
 from server_utils import THINK_END as _THINK_END
 from server_utils import TOOL_CALL as _TOOL_CALL
@@ -21,9 +21,8 @@ TOOL = {"type": "function", "name": "get_weather", "parameters": CITY, "strict":
 
 
 @pytest.fixture(scope="module")
-def server():
-    with tool_server(reasoning=True) as srv:
-        yield srv
+def server(reasoning_server):
+    return reasoning_server
 
 
 def create(client, **kw):
@@ -57,9 +56,10 @@ def test_message_items_and_function_call_outputs_as_input(openai_client):
 
 def test_strict_function_calls(openai_client):
     calls = 0
-    for seed in range(4):
-        r = create(openai_client, tools=[TOOL], max_output_tokens=100,
-                   extra_body={"seed": seed, "logit_bias": {TOOL_CALL: 5}, **NO_THINKING})
+    outs = concurrently(lambda seed: create(openai_client, tools=[TOOL], max_output_tokens=100,
+                                            extra_body={"seed": seed, "logit_bias": {TOOL_CALL: 5}, **NO_THINKING}),
+                        range(4))
+    for r in outs:
         for item in r.output:
             if item.type == "function_call":
                 assert item.name == "get_weather" and item.call_id.startswith("call_")
