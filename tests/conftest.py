@@ -3,6 +3,14 @@ import pytest
 from octavo.testing.tiny_models import make_tiny_model
 
 
+def pytest_collection_finish(session):
+    """Start the openai 2.x / LlamaIndex client process early: its imports then overlap other tests."""
+    if any(item.module.__name__ == "test_server_openai2_clients" for item in session.items):
+        from test_server_openai2_clients import start_clients
+
+        start_clients()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """tiny_model(family, **config) -> path, built once per session per variant."""

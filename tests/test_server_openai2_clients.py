@@ -4,6 +4,8 @@ SDK's stream helper, which failed on chunks holding two entries of one index (Ll
 `.venv-clients` environment scripts/setup.sh --test builds, against a server in this process."""
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import re
@@ -17,21 +19,33 @@ PYTHON = os.path.join(ROOT, ".venv-clients", "bin", "python")
 CALL = '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}'
 
 
+@functools.cache
+def start_clients() -> subprocess.Popen | None:
+    """The client process, importing its libraries (~10 s) while other tests run: conftest starts
+    it once this module is collected. None without the environment."""
+    if not os.path.exists(PYTHON):
+        return None
+    proc = subprocess.Popen([PYTHON, os.path.join(ROOT, "tests", "clients", "openai2_clients.py")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    atexit.register(proc.kill)
+    return proc
+
+
 @pytest.fixture(scope="module")
 def server(hermes_server):
     return hermes_server
 
 
 def test_llamaindex_and_openai2_stream_helpers(server):
-    if not os.path.exists(PYTHON):
+    proc = start_clients()
+    if proc is None:
         if os.environ.get("CI"):
             pytest.fail("the .venv-clients environment is missing: scripts/setup.sh --test builds it")
         pytest.skip("no .venv-clients (scripts/setup.sh --test builds it)")
     regex = re.sub(r"([{}.])", r"\\\1", f"Checking. <tool_call>{CALL}</tool_call>")
-    out = subprocess.run([PYTHON, os.path.join(ROOT, "tests", "clients", "openai2_clients.py"), server.url,
-                          MODEL_NAME, regex], capture_output=True, text=True, timeout=300, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    stdout, stderr = proc.communicate(f"{server.url}\t{MODEL_NAME}\t{regex}\n", timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
     assert result["openai"].startswith("2.")
     want = [["get_weather", {"city": "Paris", "unit": "celsius"}]]
     assert result["llamaindex"] == want and result["openai_stream"] == want

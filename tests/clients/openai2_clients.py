@@ -1,6 +1,7 @@
 """Run by tests/test_server_openai2_clients.py in the `.venv-clients` environment (LlamaIndex's
 OpenAI client pins openai<3, so it and the openai 2.x SDK live apart from the main test
-environment). Usage: python openai2_clients.py URL MODEL GUIDED_REGEX; prints one JSON object:
+environment). It imports its libraries first (seconds: the test starts it early, in the
+background), then reads one line `URL<TAB>MODEL<TAB>GUIDED_REGEX` and prints one JSON object:
 what LlamaIndex's stream_chat_with_tools and openai 2.x's chat.completions.stream assembled."""
 import json
 import sys
@@ -10,7 +11,7 @@ from llama_index.core.llms import ChatMessage
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai_like import OpenAILike
 
-url, model, regex = sys.argv[1:4]
+url, model, regex = sys.stdin.readline().rstrip("\n").split("\t")
 
 
 def get_weather(city: str, unit: str) -> str:
