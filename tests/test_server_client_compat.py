@@ -14,9 +14,8 @@ import re
 import jsonschema
 import openai
 import pytest
-from server_utils import MODEL_NAME, concurrently, running_server, server_model_path
+from server_utils import MODEL_NAME, concurrently, server_model_path
 
-from octavo.server.state import ServerSettings
 from octavo.server.tool_parsers import ToolParserManager
 
 WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
@@ -279,29 +278,38 @@ def test_misspelled_vllm_field_is_named_in_the_log(openai_client, caplog):
 # ------------------------------------------------------------------ generation defaults, CLI, docs
 
 
-def test_generation_config_defaults(tmp_path):
+def test_generation_config_defaults(server, openai_client, tmp_path):
     """The model's generation_config.json fills unset sampling fields: top_k=1 makes sampling greedy."""
     import shutil
 
     from octavo import LLM, SamplingParams
+    from octavo.generation_config import generation_defaults
 
     model = tmp_path / "model"
     shutil.copytree(server_model_path(), model)
     (model / "generation_config.json").write_text(json.dumps({"do_sample": True, "top_k": 1, "temperature": 0.7,
                                                                "max_new_tokens": 7}))
-    with running_server(ServerSettings(served_model_names=["m"], log_stats=False), str(model)) as srv:
-        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
-        texts = {client.chat.completions.create(model="m", messages=MESSAGES, seed=s).choices[0].message.content
-                 for s in range(3)}
+    defaults = {"top_k": 1, "temperature": 0.7, "max_tokens": 7}
+    assert generation_defaults(str(model)) == defaults
+    assert generation_defaults(str(model), "vllm") == {}
+    assert generation_defaults(str(model), overrides={"temperature": 0.2}) == {**defaults, "temperature": 0.2}
+    llm = LLM(str(model), dtype="float32", num_kv_blocks=16)  # the engine reads them at start
+    assert llm.get_default_sampling_params() == SamplingParams(**defaults)
+    state = server.state
+    state.generation_defaults = llm.engine.generation_defaults  # as a server over that model has them
+    try:
+        def reply(seed: int, **extra) -> str:
+            return openai_client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, seed=seed,
+                                                         extra_body=extra).choices[0].message.content
+
+        texts = set(concurrently(reply, range(3)))
         assert len(texts) == 1  # top_k 1 from the model: the same reply whatever the seed
-        out = client.chat.completions.create(model="m", messages=MESSAGES, seed=0, extra_body={"top_k": 0})
+        out = openai_client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, seed=0,
+                                                    extra_body={"top_k": 0})
         assert out.usage.completion_tokens == 7  # max_new_tokens
-        assert {client.chat.completions.create(model="m", messages=MESSAGES, seed=s, extra_body={"top_k": 0})
-                .choices[0].message.content for s in range(3)} != texts
-    llm = LLM(str(model), dtype="float32", num_kv_blocks=64, generation_config="vllm")
-    assert llm.get_default_sampling_params() == SamplingParams()
-    llm = LLM(str(model), dtype="float32", num_kv_blocks=64, override_generation_config={"temperature": 0.2})
-    assert llm.get_default_sampling_params() == SamplingParams(top_k=1, temperature=0.2, max_tokens=7)
+        assert set(concurrently(lambda seed: reply(seed, top_k=0), range(3))) != texts
+    finally:
+        state.generation_defaults = {}
 
 
 def test_generation_defaults_from_gguf_metadata(tmp_path):
