@@ -123,20 +123,31 @@ def start_engine(model_path: str, **overrides):
     return AsyncLLM(EngineConfig.from_kwargs(**kwargs))
 
 
+@functools.cache
+def shared_engine(model_path: str):
+    """One engine per model for the whole test process: starting it is most of a server's start,
+    and every server test leaves it idle (all requests ended, all blocks free)."""
+    engine = start_engine(model_path)
+    atexit.register(engine.shutdown)
+    return engine
+
+
 @contextlib.contextmanager
 def running_server(settings, model_path: str | None = None, **engine_overrides):
-    """The real app over a fresh tiny-model engine, on a loopback port; `.engine` and the
-    app's `.state` are exposed."""
+    """The real app over a tiny-model engine (the shared one; a fresh one with `engine_overrides`),
+    on a loopback port; `.engine` and the app's `.state` are exposed."""
     from octavo.server.app import build_app
 
-    engine = start_engine(model_path or server_model_path(), **engine_overrides)
+    model_path = model_path or server_model_path()
+    engine = start_engine(model_path, **engine_overrides) if engine_overrides else shared_engine(model_path)
     try:
         app = build_app(engine, settings)
         with ThreadServer(app) as srv:
             srv.engine, srv.state = engine, app.state.octavo
             yield srv
     finally:
-        engine.shutdown()
+        if engine_overrides:
+            engine.shutdown()
 
 
 @contextlib.contextmanager
