@@ -54,7 +54,7 @@ def test_chat_json_schema_streamed(openai_client):
 
 
 def test_chat_json_object_and_n(openai_client):
-    outs = chat(openai_client, response_format={"type": "json_object"}, n=2, seed=0,
+    outs = chat(openai_client, response_format={"type": "json_object"}, n=2, seed=0, max_completion_tokens=150,
                 extra_body={"guided_decoding_backend": "llguidance"}).choices
     assert len(outs) == 2
     for out in outs:
