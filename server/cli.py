@@ -200,6 +200,7 @@ def build_settings(args: argparse.Namespace):
         tool_parser=_tool_parser(args),
         reasoning_parser=_reasoning_parser(args),
         disable_any_whitespace=bool((args.structured_outputs_config or {}).get("disable_any_whitespace")),
+        structured_outputs_in_reasoning=bool((args.structured_outputs_config or {}).get("enable_in_reasoning")),
         return_tokens_as_token_ids=args.return_tokens_as_token_ids,
         enable_docs=not args.disable_fastapi_docs,
     )

@@ -26,6 +26,7 @@ class ServerSettings:
     tool_parser: type | None = None  # a ToolParser class: tool_choice "auto" is enabled
     reasoning_parser: type | None = None  # a ReasoningParser class: think blocks go to `reasoning`
     disable_any_whitespace: bool = False  # compact JSON for every JSON constraint, not only tool calls
+    structured_outputs_in_reasoning: bool = False  # constraints apply inside the think block too
     return_tokens_as_token_ids: bool = False  # logprobs name tokens "token_id:N"
     enable_docs: bool = True  # /docs, /redoc, /openapi.json (their assets served locally)
 
@@ -66,7 +67,7 @@ class ServerState:
         """The tokens that end the reply's think block, or None when the reply cannot reason
         (no reasoning parser, or the prompt closed the block): a constraint waits for them."""
         parser = self.settings.reasoning_parser
-        if parser is None or parser.prompt_ends_reasoning(prompt):
+        if parser is None or self.settings.structured_outputs_in_reasoning or parser.prompt_ends_reasoning(prompt):
             return None
         return self._reasoning_end
 

@@ -402,6 +402,12 @@ def test_vllm_flags_are_accepted_with_a_warning(caplog):
     assert "--trust-remote-code is accepted for vLLM compatibility and has no effect" in caplog.text
     assert "--swap-space" in caplog.text and config.guided_decoding_backend == "llguidance"
     assert args.reasoning_parser == "qwen3"
+    from octavo.server.cli import build_settings
+
+    so_config = '{"disable_any_whitespace": true, "enable_in_reasoning": true, "reasoning_parser": "deepseek_r1"}'
+    settings = build_settings(resolve_args(serve.parse_args(["m", "--structured-outputs-config", so_config])))
+    assert settings.disable_any_whitespace and settings.structured_outputs_in_reasoning
+    assert settings.reasoning_parser.__name__ == "DeepSeekR1ReasoningParser"
     with pytest.raises(ConfigError, match="--tensor-parallel-size 2"):
         config_from_args(resolve_args(serve.parse_args(["m", "--tensor-parallel-size", "2"])))
 

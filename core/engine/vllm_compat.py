@@ -25,7 +25,7 @@ _NO_EFFECT: list[tuple[tuple[str, ...], dict, str]] = [
     (("--disable-custom-all-reduce",), {"action": "store_true"}, "one device per engine"),
     (("--enable-prompt-tokens-details",), {"action": "store_true"},
      "usage always reports prompt_tokens_details.cached_tokens"),
-    (("--disable-log-requests-details", "--max-log-len"), {}, "the request log line holds no prompt text"),
+    (("--max-log-len",), {"type": int}, "the request log line holds no prompt text"),
     (("--num-scheduler-steps",), {"type": int}, "the scheduler runs one step at a time"),
     (("--async-scheduling",), {"action": "store_true"}, "the grammar fill already overlaps the forward pass"),
     (("--compilation-config", "-O"), {}, "device graphs are each backend's own (see the backend's options)"),
