@@ -21,7 +21,7 @@ _NO_EFFECT: list[tuple[tuple[str, ...], dict, str]] = [
     (("--load-format",), {}, "safetensors and GGUF are recognised by the files"),
     (("--revision", "--tokenizer-revision", "--code-revision"), {}, "models are local paths: no hub revisions"),
     (("--tokenizer-mode",), {}, "the tokenizer is always the model's own (fast where it has one)"),
-    (("--max-seq-len-to-capture",), {"type": int}, "CUDA graphs are sized by --cuda-graph-sizes"),
+    (("--max-seq-len-to-capture",), {"type": int}, "graph capture sizes are the device backend's own option"),
     (("--disable-custom-all-reduce",), {"action": "store_true"}, "one device per engine"),
     (("--enable-prompt-tokens-details",), {"action": "store_true"},
      "usage always reports prompt_tokens_details.cached_tokens"),
