@@ -13,7 +13,8 @@ Finished ids reach the worker with the next step that runs anything.
 Guided decoding (as vLLM's WAITING_FOR_FSM): a waiting request whose grammar is still
 compiling is passed over, keeping its place; each step `grammar_bitmask` fills the masks of
 the guided requests that sample (while the worker runs the forward pass), and `update`
-advances their matchers.
+advances their matchers. A reasoning model's grammar waits for the end of its think block
+(`StructuredOutputParams.reasoning_end_ids`): no mask until then.
 """
 from __future__ import annotations
 
@@ -186,7 +187,7 @@ class Scheduler:
         for i, scheduled in enumerate(batch.requests):
             request = self.requests.get(scheduled.request_id)
             grammar = request.grammar if request is not None and scheduled.samples else None
-            if grammar is not None and not grammar.terminated:
+            if grammar is not None and grammar.active:
                 rows.append(i)
                 grammars.append(grammar)
         return GrammarBitmask(rows, self.structured_output.bitmask(grammars)) if rows else None
@@ -221,9 +222,11 @@ class Scheduler:
             if request.check_stop(token_id):
                 self.running.remove(request)
                 self._free(request)
-            elif request.grammar is not None and not request.grammar.terminated:
+            elif request.grammar is not None and request.grammar.active:
                 guided.append(request.grammar)
                 guided_tokens.append(token_id)
+            elif request.grammar is not None and request.grammar.reasoning_end is not None:
+                request.grammar.end_reasoning(request.token_ids, request.num_output_tokens)
         if guided:
             self.structured_output.accept(guided, guided_tokens)
         return sampled

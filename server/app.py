@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -17,6 +18,7 @@ from octavo.server.middleware import APIKeyMiddleware, RequestBodyMiddleware
 from octavo.server.serving_chat import create_chat_completion, render_prompt
 from octavo.server.serving_common import encode, request_id_for
 from octavo.server.serving_completion import create_completion
+from octavo.server.serving_responses import create_response
 from octavo.server.state import ServerSettings, ServerState
 from octavo.server.tracking import ClientDisconnected
 
@@ -31,6 +33,30 @@ async def _guarded(work, request_id: str | None = None):
         return Response(status_code=499)
     except Exception as exc:
         return from_exception(exc, request_id).response()
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts served from this machine (the
+    fastapi-offline package ships them): the pages work without reaching a CDN."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    assets = os.path.join(os.path.dirname(fastapi_offline.__file__), "static")
+    app.mount("/docs-static", StaticFiles(directory=assets), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc():
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url="/docs-static/redoc.standalone.js",
+                              redoc_favicon_url="/docs-static/favicon.png", with_google_fonts=False)
 
 
 def build_app(engine, settings: ServerSettings) -> FastAPI:
@@ -51,8 +77,11 @@ def build_app(engine, settings: ServerSettings) -> FastAPI:
             state.executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="Octavo", version=octavo.__version__, lifespan=lifespan,
-                  description="OpenAI-compatible API over the Octavo inference engine.")
+                  description="OpenAI-compatible API over the Octavo inference engine.",
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json" if settings.enable_docs else None)
     app.state.octavo = state
+    if settings.enable_docs:
+        add_offline_docs(app)
     install_error_handlers(app)
 
     @app.exception_handler(ClientDisconnected)
@@ -79,6 +108,10 @@ def build_app(engine, settings: ServerSettings) -> FastAPI:
         request_id = request_id_for(raw, "chatcmpl")
         return await _guarded(create_chat_completion(state, request, raw, request_id), request_id)
 
+    @app.post("/v1/responses", responses=_ERRORS)
+    async def responses(request: P.ResponsesRequest, raw: Request):
+        return await _guarded(create_response(state, request, raw))
+
     # ------------------------------------------------------------------ models, tokenizer
 
     def model_card(name: str) -> P.ModelCard:
@@ -96,7 +129,7 @@ def build_app(engine, settings: ServerSettings) -> FastAPI:
     async def tokenize(request: P.TokenizeChatRequest | P.TokenizeCompletionRequest):
         def work():
             if isinstance(request, P.TokenizeChatRequest):
-                _, ids = render_prompt(state, request)
+                _, _, ids = render_prompt(state, request)
             else:
                 ids = encode(state.tokenizer, request.prompt, request.add_special_tokens)
             strs = state.tokenizer.convert_ids_to_tokens(ids) if request.return_token_strs else None

@@ -138,6 +138,10 @@ class SamplingRequest(RequestBody):
     guided_grammar: str | None = None
     guided_whitespace_pattern: str | None = None
     guided_decoding_backend: str | None = None
+    # vLLM's current form of the same: {json | regex | choice | grammar | json_object | structural_tag,
+    # disable_any_whitespace, whitespace_pattern, backend}.
+    structured_outputs: dict[str, Any] | None = None
+    return_tokens_as_token_ids: bool | None = None
 
 
 # ---------------------------------------------------------------------------- completions
@@ -204,6 +208,8 @@ class ChatCompletionRequest(SamplingRequest):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = Field(default=None, description="deprecated: use tools")
+    function_call: str | dict[str, Any] | None = Field(default=None, description="deprecated: use tool_choice")
     # vLLM's chat extras.
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -230,7 +236,10 @@ class ChatChoiceLogprobs(BaseModel):
 class ChatResponseMessage(BaseModel):
     role: str
     content: str | None = None
+    reasoning: str | None = None  # a reasoning model's think block (--reasoning-parser), as vLLM
+    reasoning_content: str | None = None  # the same, under the name older vLLM and most clients read
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    function_call: dict[str, Any] | None = None  # the deprecated `functions` API's one call
 
 
 class ChatCompletionChoice(BaseModel):
@@ -251,6 +260,40 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo
     prompt_logprobs: list[dict[str, Any] | None] | None = None
     prompt_token_ids: list[int] | None = None
+
+
+# ---------------------------------------------------------------------------- responses
+
+
+class ResponsesRequest(OpenAIBaseModel):
+    """POST /v1/responses, stateless: mapped onto a chat completion (server/serving_responses.py)."""
+
+    model: str | None = None
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool | None = False
+    store: bool | None = None
+    previous_response_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    user: str | None = None
+    truncation: str | None = None
+    include: list[str] | None = None
+    # vLLM's extras, passed to the chat request as they are
+    seed: int | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    stop: str | list[str] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------- models, tokenizer

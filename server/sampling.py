@@ -8,6 +8,7 @@ vocabulary, top_k); here go the checks of the context length and the limits the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 from octavo.engine.llm_engine import InputError
 from octavo.sampling_params import RequestOutputKind, SamplingParamError, SamplingParams
@@ -83,14 +84,23 @@ _GUIDED_FIELDS = {"guided_json": "json", "guided_regex": "regex", "guided_choice
                   "guided_grammar": "grammar"}
 _GUIDED_OPTIONS = {"structured_outputs.whitespace_pattern": "guided_whitespace_pattern",
                    "structured_outputs.backend": "guided_decoding_backend"}
+# vLLM's `structured_outputs` request field: one constraint and its options.
+SO_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+SO_OPTIONS = ("disable_any_whitespace", "whitespace_pattern", "backend", "disable_additional_properties",
+              "disable_fallback")
 
 
-def structured_outputs(req: SamplingRequest) -> tuple[StructuredOutputParams | None, str | None]:
+def structured_outputs(req: SamplingRequest, disable_any_whitespace: bool = False
+                       ) -> tuple[StructuredOutputParams | None, str | None]:
     """The request's guided-decoding constraint and the API field it came from (None, None
-    without one); 400 for more than one, or a malformed one."""
+    without one); 400 for more than one, or a malformed one. Three forms are accepted:
+    OpenAI's `response_format`, vLLM's `structured_outputs` and its older `guided_*` fields."""
+    so = _so_options(req.structured_outputs)
     found: dict[str, dict] = {}
     if req.response_format is not None and req.response_format.type != "text":
         found["response_format"] = _response_format(req.response_format)
+    found.update({f"structured_outputs.{kind}": {kind: so[kind]} for kind in SO_KINDS
+                  if so.get(kind) not in (None, False)})
     found.update({name: {kind: getattr(req, name)} for name, kind in _GUIDED_FIELDS.items()
                   if getattr(req, name) is not None})
     if len(found) > 1:
@@ -99,12 +109,56 @@ def structured_outputs(req: SamplingRequest) -> tuple[StructuredOutputParams | N
     if not found:
         return None, None
     [(param, constraint)] = found.items()
+    backend, compact = _backend_option(so.get("backend") or req.guided_decoding_backend)
+    if so.get("disable_any_whitespace") is not None:
+        compact = bool(so["disable_any_whitespace"])
+    whitespace = so.get("whitespace_pattern") or req.guided_whitespace_pattern
+    if compact is None:  # the server's default; a request's own whitespace pattern wins over it
+        compact = disable_any_whitespace and whitespace is None and param != "structured_outputs.structural_tag"
+    if so.get("disable_additional_properties") and "json" in constraint:
+        constraint["strict"] = True
     try:
-        return StructuredOutputParams(**constraint, whitespace_pattern=req.guided_whitespace_pattern,
-                                      backend=req.guided_decoding_backend), param
+        return StructuredOutputParams(**constraint, whitespace_pattern=whitespace, backend=backend,
+                                      disable_any_whitespace=compact), param
     except SamplingParamError as exc:
         name = _GUIDED_OPTIONS.get(exc.param, param)
+        if exc.param.startswith("structured_outputs.") and req.structured_outputs is not None:
+            name = exc.param
         raise bad_request(f"{name} {str(exc).removeprefix(exc.param).strip()}", name) from None
+
+
+def _so_options(value: dict | None) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request("structured_outputs must be an object", "structured_outputs")
+    unknown = sorted(set(value) - set(SO_KINDS) - set(SO_OPTIONS))
+    if unknown:
+        raise bad_request(f"structured_outputs has no field {unknown[0]!r}; it takes one of "
+                          f"{', '.join(SO_KINDS)} and the options {', '.join(SO_OPTIONS)}",
+                          f"structured_outputs.{unknown[0]}")
+    return value
+
+
+def _backend_option(value: str | None) -> tuple[str | None, bool | None]:
+    """vLLM's older `backend:option,...` form ("xgrammar:disable-any-whitespace")."""
+    if value is None or ":" not in value:
+        return value, None
+    backend, options = value.split(":", 1)
+    flags = {o.strip() for o in options.split(",") if o.strip()}
+    unknown = flags - {"disable-any-whitespace", "no-fallback"}
+    if unknown:
+        raise bad_request(f"unknown guided decoding backend option {sorted(unknown)[0]!r}", "guided_decoding_backend")
+    return backend or None, True if "disable-any-whitespace" in flags else None
+
+
+def after_reasoning(params: SamplingParams, reasoning_end_ids: tuple[int, ...] | None) -> SamplingParams:
+    """A reasoning model's constraint starts after its think block (vLLM's reasoning-aware
+    structured output): `reasoning_end_ids` is None where the reply cannot reason."""
+    if params.structured_outputs is None or reasoning_end_ids is None:
+        return params
+    return dataclasses.replace(params, structured_outputs=dataclasses.replace(
+        params.structured_outputs, reasoning_end_ids=reasoning_end_ids))
 
 
 def _response_format(fmt) -> dict:
@@ -132,22 +186,33 @@ def guided_errors(param: str | None):
         raise bad_request(str(exc), param) from None
 
 
-def build(req: SamplingRequest, *, max_tokens: int | None, logprobs: int | None, stream: bool, best_of: int | None = None, prompt_logprobs: int | None = None,
-          structured_outputs: StructuredOutputParams | None = None) -> SamplingParams:
-    """SamplingParams for `req`; range errors become 400s naming the parameter."""
+def build(req: SamplingRequest, *, max_tokens: int | None, logprobs: int | None,
+          stream: bool, best_of: int | None = None, prompt_logprobs: int | None = None,
+          structured_outputs: StructuredOutputParams | None = None,
+          defaults: dict[str, float] | None = None) -> SamplingParams:
+    """SamplingParams for `req`; range errors become 400s naming the parameter. `defaults`
+    (the model's generation config) fill the sampling fields the request leaves unset."""
     stop = req.stop
     if isinstance(stop, str):
         stop = [stop]
+    defaults = defaults or {}
+
+    def pick(name: str, fallback):
+        value = getattr(req, name)
+        return value if value is not None else defaults.get(name, fallback)
+
+    if max_tokens is None and "max_tokens" in defaults:
+        max_tokens = defaults["max_tokens"]
     return SamplingParams(
         n=req.n or 1,
         best_of=best_of,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=0 if req.top_k is None else req.top_k,
-        min_p=0.0 if req.min_p is None else req.min_p,
+        temperature=pick("temperature", 1.0),
+        top_p=pick("top_p", 1.0),
+        top_k=pick("top_k", 0),
+        min_p=pick("min_p", 0.0),
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
-        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        repetition_penalty=pick("repetition_penalty", 1.0),
         seed=req.seed,
         stop=list(stop or []),
         stop_token_ids=list(req.stop_token_ids or []),

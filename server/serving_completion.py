@@ -77,9 +77,10 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw: Req
     prompt_lps = req.prompt_logprobs
     if req.echo and req.logprobs is not None:
         prompt_lps = max(prompt_lps or 0, req.logprobs)
-    guided, guided_param = sampling.structured_outputs(req)
-    params = sampling.build(req, max_tokens=max_tokens, logprobs=req.logprobs, stream=bool(req.stream),
-                            best_of=req.best_of, prompt_logprobs=prompt_lps, structured_outputs=guided)
+    guided, guided_param = sampling.structured_outputs(req, state.settings.disable_any_whitespace)
+    params = sampling.build(req, max_tokens=max_tokens, logprobs=req.logprobs,
+                            stream=bool(req.stream), best_of=req.best_of, prompt_logprobs=prompt_lps,
+                            structured_outputs=guided, defaults=state.generation_defaults)
     streams = [EngineStream(state.engine, {"prompt_token_ids": p.token_ids, "prompt": p.text}, params,
                             request_id if len(prompts) == 1 else f"{request_id}-{i}", state.metrics,
                             state.settings.log_requests, ENDPOINT)
@@ -113,7 +114,6 @@ class _Completion:
                     finals[i] = out
         choices: list[CompletionChoice] = []
         completion_tokens = cached = 0
-        tok = self.state.tokenizer
         for i, prompt in enumerate(self.prompts):
             out = finals[i]
             cached += out.num_cached_tokens
@@ -125,7 +125,7 @@ class _Completion:
                 completion_tokens += len(token_ids)
                 logprobs = None
                 if self.req.logprobs is not None:
-                    lp = CompletionLogprobs(tok)
+                    lp = CompletionLogprobs(self.state.token_texts(self.req))
                     logprobs = merge_completion(self._echo_logprobs(lp, i, out), lp.add(token_ids, lps or []))
                 if self.req.echo:
                     text = prompt.text + text
@@ -186,7 +186,7 @@ class _Completion:
         self._sent.add(index)
         lp_chunk = None
         if self.req.logprobs is not None:
-            lp = self._lps.setdefault(index, CompletionLogprobs(self.state.tokenizer))
+            lp = self._lps.setdefault(index, CompletionLogprobs(self.state.token_texts(self.req)))
             head = self._echo_logprobs(lp, i, out) if first_chunk else None
             lp_chunk = merge_completion(head, lp.add(token_ids, positions))
         if self.req.echo and first_chunk:

@@ -66,6 +66,10 @@ class AsyncLLM:
     def model_config(self):
         return self.engine.model_config
 
+    @property
+    def generation_defaults(self) -> dict:
+        return self.engine.generation_defaults
+
     def is_alive(self) -> bool:
         return not self._stopped and self.dead is None and self._looping.is_set()
 

@@ -21,10 +21,11 @@ from octavo.config import ConfigError, EngineConfig, ModelConfig
 from octavo.devices import loadable_backends, select_backend
 from octavo.engine.isolation import FaultIsolator, StepFaults
 from octavo.engine.options import parse_options
+from octavo.generation_config import generation_defaults
 from octavo.engine.output_processor import OutputProcessor, ParentState, SequenceState
 from octavo.detokenizer import IncrementalDetokenizer
 from octavo.kv_cache import KVCacheManager
-from octavo.loader import load_tokenizer
+from octavo.loader import load_tokenizer, resolve_model_path
 from octavo.outputs import RequestOutput
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import RequestOutputKind, SamplingParams
@@ -77,6 +78,11 @@ class LLMEngine:
                                    config.enable_chunked_prefill, self.structured_output)
         self.outputs = OutputProcessor(self.tokenizer)
         self.isolator = FaultIsolator(self._run, self.scheduler.resend, self.kv.block_ids, self.outputs.parent_id)
+        self.generation_defaults = generation_defaults(resolve_model_path(config.model), config.generation_config,
+                                                       config.override_generation_config)
+        if self.generation_defaults:
+            logger.info("sampling defaults from the model's generation config (--generation-config vllm "
+                        "turns them off): %s", ", ".join(f"{k}={v}" for k, v in self.generation_defaults.items()))
         self.worker.warm_up()
         logger.info("engine ready: %s on %s (%s), %d KV blocks of %d tokens", self.model_config.architecture,
                     self.backend.name, config.dtype, num_blocks, config.block_size)
@@ -158,7 +164,9 @@ class LLMEngine:
                     seed=None if params.seed is None else params.seed + seq.index,
                     logprobs=params.logprobs if params.logprobs is not None or params.n == params.num_sequences
                     else 0)
-            grammar = GrammarState(parent.grammar) if parent.grammar is not None else None
+            grammar = None
+            if parent.grammar is not None:
+                grammar = GrammarState(parent.grammar, params.structured_outputs.reasoning_end_ids)
             self.scheduler.add_request(Request(seq.request_id, parent.prompt_token_ids, child, max_tokens,
                                                self.eos_token_id, parent.arrival_time, grammar=grammar))
 
