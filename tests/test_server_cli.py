@@ -111,7 +111,7 @@ def test_octavo_serve_subprocess(tmp_path):
         tok = AutoTokenizer.from_pretrained(server_model_path())
         expected = tok("<user>hi<|im_start|>assistant", add_special_tokens=False).input_ids
         assert r.model_extra["prompt_token_ids"] == expected
-    out = proc.stdout.read()
+    out = proc.output()
     assert "/v1/chat/completions chatcmpl-" in out  # the per-request log line
 
 

@@ -6,10 +6,12 @@ own (`octavo.engine.options`): the core names no device flag.
 from __future__ import annotations
 
 import argparse
+import json
 
 from octavo.config import EngineConfig
 from octavo.devices import KNOWN_DEVICES, loadable_backends
 from octavo.engine.options import add_option_groups, options_from_args
+from octavo.engine.vllm_compat import add_vllm_compat_args, warn_vllm_compat
 from octavo.structured_output.params import BACKENDS
 
 
@@ -41,10 +43,17 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-logprobs", type=int, default=20, help="largest logprobs a request may ask (default: 20)")
     g.add_argument("--guided-decoding-backend", choices=BACKENDS, default="xgrammar",
                    help="library for structured output; a request's own choice wins (default: xgrammar)")
+    g.add_argument("--generation-config", default="auto", metavar="auto|vllm|DIR",
+                   help="sampling defaults for requests that leave them unset: the model's generation config "
+                        "(auto), none (vllm), or DIR/generation_config.json")
+    g.add_argument("--override-generation-config", type=json.loads, default=None, metavar="JSON",
+                   help='sampling defaults over the generation config\'s, e.g. \'{"temperature": 0.5}\'')
+    add_vllm_compat_args(parser)
     add_option_groups(parser, loadable_backends())
 
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    warn_vllm_compat(args)
     return EngineConfig(
         model=args.model,
         tokenizer=args.tokenizer,
@@ -63,4 +72,6 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         max_logprobs=args.max_logprobs,
         guided_decoding_backend=args.guided_decoding_backend,
         device_options=options_from_args(args),
+        generation_config=args.generation_config,
+        override_generation_config=args.override_generation_config,
     )
