@@ -27,7 +27,7 @@ def test_no_chunked_prefill_turns_it_off():
 
 
 def test_whole_prompts_need_a_step_budget_of_max_model_len(tiny_llama):
-    with pytest.raises(ConfigError, match="max_num_batched_tokens 64 is below max_model_len 512"):
+    with pytest.raises(ConfigError, match=r"max_num_batched_tokens \(64\) is smaller than max_model_len \(512\)"):
         LLM(tiny_llama, backend=WholePromptsCpu(), dtype="float32", max_num_batched_tokens=64, num_kv_blocks=64)
 
 
