@@ -1,4 +1,4 @@
-"""The backend contract, version 4.0: the whole of the core that a device package sees.
+"""The backend contract, version 4.1: the whole of the core that a device package sees.
 
 A backend package registers one `Backend` subclass under the entry-point group
 `octavo.backends` and imports nothing from `octavo` but this module (a test enforces it):
@@ -43,7 +43,10 @@ if TYPE_CHECKING:
     from octavo.models.ops import LayerOps
     from octavo.sample.ops import SamplerOps
 
-CONTRACT_VERSION = "4.0"
+CONTRACT_VERSION = "4.1"
+# 4.1: for static-shape runtimes (XLA): TorchWorker.runner_class (a ModelRunner subclass),
+#      ModelRunner.grad_mode and ModelRunner._sample (the sampling half of a step) to override,
+#      TorchWorker.kv_memory_budget (num_kv_blocks from it), `dummy_inputs` exported.
 ENTRY_POINT_GROUP = "octavo.backends"
 
 
@@ -403,6 +406,7 @@ _LAZY = {
     "StepInputs": "octavo.worker.model_runner",
     "prepare_inputs": "octavo.worker.model_runner",
     "pad_inputs": "octavo.worker.model_runner",
+    "dummy_inputs": "octavo.worker.model_runner",
     "ModelRunner": "octavo.worker.model_runner",
     "TorchWorker": "octavo.worker.torch_worker",
     "resolve_model_path": "octavo.loader",

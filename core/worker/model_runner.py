@@ -112,6 +112,10 @@ class _Step:
 
 
 class ModelRunner:
+    # The autograd mode steps run under: inference mode, unless a device's tensors cannot be
+    # inference tensors (torch-xla's lazy tensors need torch.no_grad).
+    grad_mode: type = torch.inference_mode
+
     def __init__(self, model: nn.Module, attn: AttentionBackend, device: torch.device,
                  sampler_ops: SamplerOps, graphs: StepGraphs | None = None):
         self.model = model
@@ -122,26 +126,30 @@ class ModelRunner:
         self.sampler = StepSampler(sampler_ops, device)
         self._step: _Step | None = None
 
-    @torch.inference_mode()
     def execute_model(self, batch: SchedulerOutput) -> None:
         reqs = self.states.update(batch)
         self._step = None
         if batch.requests:
             inputs = prepare_inputs(batch, reqs)
-            self._step = _Step(batch, reqs, inputs, self.forward(inputs))
+            with self.grad_mode():
+                self._step = _Step(batch, reqs, inputs, self.forward(inputs))
 
-    @torch.inference_mode()
     def sample_tokens(self, grammar: GrammarBitmask | None) -> ModelRunnerOutput:
         step, self._step = self._step, None
         if step is None:
             return ModelRunnerOutput([])
         out = ModelRunnerOutput([-1] * len(step.reqs))
+        with self.grad_mode():
+            self._sample(step, grammar, out)
+        return out
+
+    def _sample(self, step: _Step, grammar: GrammarBitmask | None, out: ModelRunnerOutput) -> None:
+        """Prompt logprobs, then the sampled tokens (with their logprobs), into `out`."""
         self._prompt_logprobs(step, out)
         rows = step.inputs.sample_rows
         if rows:
             logits = self.model.compute_logits(step.hidden[step.inputs.logits_indices.to(self.device)])
             self.sampler.sample([step.reqs[i] for i in rows], rows, logits, grammar, out)
-        return out
 
     # ------------------------------------------------------------------ forward
 
@@ -158,7 +166,7 @@ class ModelRunner:
         """Capture or compile every shape the backend runs statically (warm-up)."""
         if self.graphs is None:
             return
-        with torch.inference_mode():
+        with self.grad_mode():
             for shape in self.graphs.shapes():
                 inputs = dummy_inputs(shape, block_size, self.graphs.pad_slot, self.graphs.block_table_width)
                 self.graphs.capture(shape, self._forward, *self._to_device(inputs))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from octavo.backend import (AttentionBackend, Backend, EngineConfig, GrammarBitmask, ModelConfig,
+from octavo.backend import (AttentionBackend, Backend, ConfigError, EngineConfig, GrammarBitmask, ModelConfig,
                             ModelRunnerOutput, SchedulerOutput, Worker)
 from octavo.loader import load_model
 from octavo.models.layers import Attention
@@ -11,8 +11,13 @@ from octavo.worker.model_runner import ModelRunner
 
 
 class TorchWorker(Worker):
-    """Subclasses decide how many KV blocks fit (`num_kv_blocks`); the backend's hooks supply
-    the attention, the fused layer ops, the sampler ops and static-shape graphs."""
+    """The backend's hooks supply the attention, the fused layer ops, the sampler ops and
+    static-shape graphs. Subclasses say how much memory the KV cache may take when the user
+    did not (`kv_memory_budget`), or size it themselves (`num_kv_blocks`); a backend whose
+    steps differ beyond the hooks (XLA also samples at static shapes) brings a `ModelRunner`
+    subclass as `runner_class`."""
+
+    runner_class: type[ModelRunner] = ModelRunner
 
     def __init__(self, config: EngineConfig, backend: Backend, device: torch.device,
                  attention: AttentionBackend):
@@ -34,6 +39,24 @@ class TorchWorker(Worker):
     def kv_bytes_per_block(self, block_size: int) -> int:
         return self.model_config.kv_bytes_per_block(block_size, self.kv_cache_dtype())
 
+    def kv_memory_budget(self) -> int:
+        """Bytes the KV cache may take when `kv_cache_memory` is not set."""
+        raise NotImplementedError(f"{type(self).__name__} has no KV memory budget: set kv_cache_memory")
+
+    def num_kv_blocks(self, block_size: int) -> int:
+        """Blocks in `kv_cache_memory`, else in the budget, but no more than every sequence at
+        full length could use."""
+        per_block = self.kv_bytes_per_block(block_size)
+        memory = self.config.kv_cache_memory
+        if memory is None:
+            full = self.config.max_num_seqs * -(-self.model_config.max_model_len // block_size) * per_block
+            memory = min(self.kv_memory_budget(), full)
+        blocks = memory // per_block
+        if blocks < 1:
+            raise ConfigError(f"kv_cache_memory {memory} bytes holds no block of {block_size} tokens "
+                              f"({per_block} bytes each)")
+        return int(blocks)
+
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         for module in self.model.modules():
             if isinstance(module, Attention):
@@ -41,7 +64,7 @@ class TorchWorker(Worker):
                                                       module.spec.head_dim)
                 module.kv_cache = torch.zeros(shape, dtype=self.kv_cache_dtype(), device=self.device)
         graphs = self.backend.step_graphs(self.config, self.model_config, self.device)
-        self.runner = ModelRunner(self.model, self.attention, self.device, self.backend.sampler_ops(), graphs)
+        self.runner = self.runner_class(self.model, self.attention, self.device, self.backend.sampler_ops(), graphs)
 
     def warm_up(self) -> None:
         self.runner.capture_graphs(self.config.block_size)

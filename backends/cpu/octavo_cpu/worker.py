@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from octavo.backend import ConfigError, ModelConfig, TorchWorker
+from octavo.backend import ModelConfig, TorchWorker
 from octavo_cpu.allocator import keep_freed_memory
 from octavo_cpu.linear import pack_linears
 
@@ -20,14 +20,5 @@ class CpuWorker(TorchWorker):
         pack_linears(self.model, self.config.max_num_seqs)
         return model_config
 
-    def num_kv_blocks(self, block_size: int) -> int:
-        per_block = self.kv_bytes_per_block(block_size)
-        memory = self.config.kv_cache_memory
-        if memory is None:  # no more than every sequence at full length could use
-            full = self.config.max_num_seqs * -(-self.model_config.max_model_len // block_size) * per_block
-            memory = min(DEFAULT_KV_CACHE_MEMORY, full)
-        blocks = memory // per_block
-        if blocks < 1:
-            raise ConfigError(f"kv_cache_memory {memory} bytes holds no block of {block_size} tokens "
-                              f"({per_block} bytes each)")
-        return int(blocks)
+    def kv_memory_budget(self) -> int:
+        return DEFAULT_KV_CACHE_MEMORY
