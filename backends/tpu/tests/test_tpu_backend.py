@@ -1,0 +1,53 @@
+"""Availability, options and selection of the TPU backend (no TPU here: XLA's CPU client)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from octavo.backend import ConfigError, EngineConfig
+from octavo.testing import checks
+from octavo.testing.tiny_models import make_tiny_model
+from octavo_tpu import TpuBackend, TpuOptions
+
+
+@pytest.mark.parametrize("pjrt,ok,words", [(None, False, "no TPU found"), ("CPU", True, "testing mode"),
+                                           ("CUDA", False, "PJRT_DEVICE=CUDA")])
+def test_availability(monkeypatch, pjrt, ok, words):
+    if pjrt is None:
+        monkeypatch.delenv("PJRT_DEVICE", raising=False)
+    else:
+        monkeypatch.setenv("PJRT_DEVICE", pjrt)
+    availability = TpuBackend.availability()
+    assert availability.ok is ok and words in availability.reason
+
+
+def test_octavo_devices_says_there_is_no_tpu():
+    env = {k: v for k, v in os.environ.items() if k != "PJRT_DEVICE"}
+    out = subprocess.run([sys.executable, "-m", "octavo.cli", "devices"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    line = next(line for line in out.stdout.splitlines() if line.split()[:1] == ["tpu"])
+    assert "no TPU found" in line, out.stdout
+
+
+@pytest.mark.parametrize("field,value", [("min_num_tokens", 0), ("min_num_reqs", -1),
+                                         ("hbm_memory_utilization", 1.5)])
+def test_bad_options_name_themselves(field, value):
+    with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')}"):
+        TpuOptions(**{field: value}).validate(EngineConfig())
+
+
+def test_selected_by_name_in_fp32_on_the_cpu_client_and_bf16_close_to_hf(tmp_path):
+    """`device="tpu"` finds the installed backend; fp32 is the CPU client's default, and bf16
+    (a TPU's default) stays within bf16's rounding of HF's fp32 choices."""
+    model = make_tiny_model("llama", str(tmp_path))
+
+    def make_llm(path, **kwargs):
+        from octavo import LLM
+
+        return LLM(path, device="tpu", max_num_seqs=16, max_num_batched_tokens=64, **kwargs)
+
+    import torch
+
+    assert make_llm(model).engine.config.dtype == torch.float32
+    checks.check_half_precision_close_to_hf(make_llm, model, "bfloat16")
