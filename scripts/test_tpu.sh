@@ -17,7 +17,7 @@ if [ ! -f "$VENV/built" ]; then  # written last: a build cut short is redone
   touch "$VENV/built"
 fi
 # octavo from this checkout.
-"$PY" -m pip install -q --no-deps -e . -e backends/cpu -e backends/tpu
+"$PY" -m pip install -q --no-deps --no-build-isolation -e . -e backends/cpu -e backends/tpu
 # The core on torch 2.9 (cpu backend, plain torch): model math and sampling against HF under
 # every scheduling path, the KV cache, sampling parameters.
 OCTAVO_CPU_KERNELS=0 "$PY" -m pytest -q tests/test_engine_vs_hf.py tests/test_kv_cache.py \
