@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 CONTRACT_VERSION = "4.1"
 # 4.1: for static-shape runtimes (XLA): TorchWorker.runner_class (a ModelRunner subclass),
 #      ModelRunner.grad_mode and ModelRunner._sample (the sampling half of a step) to override,
-#      TorchWorker.kv_memory_budget (num_kv_blocks from it), `dummy_inputs` exported.
+#      TorchWorker.kv_memory_budget (num_kv_blocks from it), `dummy_inputs` exported;
+#      Availability.auto (False: `--device auto` never picks the backend, e.g. a testing mode).
 ENTRY_POINT_GROUP = "octavo.backends"
 
 
@@ -68,10 +69,12 @@ def version_mismatch(backend_version: str, core_version: str = CONTRACT_VERSION)
 
 @dataclass(frozen=True, slots=True)
 class Availability:
-    """Whether a backend can run here; `reason` tells a person why not."""
+    """Whether a backend can run here; `reason` tells a person why not (or, when it runs only
+    by name, on what)."""
 
     ok: bool
     reason: str = ""
+    auto: bool = True  # False: only `--device NAME` selects it (a testing mode, an emulator), never auto
 
 
 # ----------------------------------------------------------------------------- options

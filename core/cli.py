@@ -12,7 +12,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
     from octavo.devices import list_devices
 
     for info in list_devices():
-        state = "usable" if info.availability.ok else f"unusable: {info.availability.reason}"
+        a = info.availability
+        state = (f"unusable: {a.reason}" if not a.ok else "usable" if a.auto
+                 else f"usable by name only (--device {info.name}): {a.reason}")
         print(f"{info.name:10s} {state}")
     return 0
 

@@ -80,7 +80,7 @@ def select_backend(device: str = "auto", device_options: Mapping[str, Any] | Non
 
     infos = {info.name: info for info in list_devices()}
     if device == "auto":
-        usable = [i for i in infos.values() if i.availability.ok]
+        usable = [i for i in infos.values() if i.availability.ok and i.availability.auto]
         if not usable:
             reasons = "; ".join(f"{i.name}: {i.availability.reason}" for i in infos.values())
             raise ConfigError(f"no usable device ({reasons})")

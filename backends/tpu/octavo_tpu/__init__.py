@@ -8,7 +8,8 @@ torch-xla's ragged paged attention (the Pallas kernel on a TPU; `attention` has 
 static-shape reference that XLA's CPU client runs).
 
 `PJRT_DEVICE=CPU` runs the backend on XLA's CPU client: a testing mode that compiles and
-runs the same graphs a TPU would (everything but the Pallas kernel), in fp32 by default.
+runs the same graphs a TPU would (everything but the Pallas kernel), in fp32 by default,
+selected by name only (`--device tpu`; `--device auto` keeps the cpu backend).
 
 torch-xla 2.9 requires torch 2.9 exactly, so this package lives in its own environment.
 Importing it is cheap: torch-xla loads when a worker is created.
@@ -70,8 +71,8 @@ class TpuBackend(Backend):
             return Availability(False, f"torch-xla {TORCH_XLA_VERSION} needs torch {TORCH_XLA_VERSION}, "
                                        f"this is torch {torch.__version__}")
         device = os.environ.get("PJRT_DEVICE")
-        if device == "CPU":
-            return Availability(True, CPU_CLIENT)
+        if device == "CPU":  # by name only: `--device auto` keeps the cpu backend
+            return Availability(True, CPU_CLIENT, auto=False)
         if device not in (None, "TPU"):
             return Availability(False, f"PJRT_DEVICE={device}: this backend runs on TPUs "
                                        "(or on XLA's CPU client for testing: PJRT_DEVICE=CPU)")
@@ -108,7 +109,14 @@ class TpuBackend(Backend):
 
 
 def _tpu_chips() -> int:
+    """TPU chips on the PCI bus. Importing torch-xla sets PJRT_DEVICE=CPU when none is set and
+    it finds no TPU: undone, or the next check in this process would find the testing mode
+    usable where this one found no TPU."""
+    unset = "PJRT_DEVICE" not in os.environ
     from torch_xla._internal.tpu import num_available_chips
+
+    if unset and os.environ.get("PJRT_DEVICE") == "CPU":
+        del os.environ["PJRT_DEVICE"]
 
     return num_available_chips()
 
