@@ -20,10 +20,11 @@ on the host meanwhile, and `Worker.sample_tokens` samples with them (`GrammarBit
 returns a `ModelRunnerOutput`.
 
 Backends whose model runs as the core's torch modules use `TorchWorker` with their
-`AttentionBackend`, may fuse the models' small ops (`Backend.layer_ops`) and may run
+`AttentionBackend`, may fuse the models' small ops (`Backend.layer_ops`), may run
 forward passes at static shapes (`Backend.step_graphs`: captured graphs, shapes compiled
-just in time or ahead of time). Backends with their own graph runtime implement `Worker` themselves and can still
-use the core's sampler (`StepSampler`).
+just in time or ahead of time) and may sample their own way (`Backend.step_sampler`: a
+`StepSampler` subclass, e.g. at static shapes). Backends with their own graph runtime
+implement `Worker` themselves and can still use the core's sampler (`StepSampler`).
 """
 from __future__ import annotations
 
@@ -42,12 +43,18 @@ from octavo.sampling_params import SamplingParams
 if TYPE_CHECKING:
     from octavo.models.ops import LayerOps
     from octavo.sample.ops import SamplerOps
+    from octavo.sample.step_sampler import StepSampler
 
 CONTRACT_VERSION = "4.1"
-# 4.1: for static-shape runtimes (XLA): TorchWorker.runner_class (a ModelRunner subclass),
-#      ModelRunner.grad_mode and ModelRunner._sample (the sampling half of a step) to override,
-#      TorchWorker.kv_memory_budget (num_kv_blocks from it), `dummy_inputs` exported;
-#      Availability.auto (False: `--device auto` never picks the backend, e.g. a testing mode).
+# 4.1 adds (a minor: only additions with defaults), mostly for runtimes that compile the sampling too:
+#   - Backend.step_sampler: the sampling half of each TorchWorker step, a StepSampler; the
+#     runner calls its new sample_hidden and prompt_logprobs each step and runs the tasks of
+#     its new warm_up after the captures, with a progress bar (PromptChunk, LogitsFn,
+#     DummyStepFn, WarmUpTask, grammar_masks and record_logprobs exported);
+#   - Backend.inference_mode (False: steps run under torch.no_grad);
+#   - Availability.auto (False: `--device auto` never picks the backend, e.g. a testing mode);
+#   - pad_inputs pads logits_indices to shape.num_reqs entries;
+#   - TorchWorker.kv_memory_budget (TorchWorker.num_kv_blocks sizes the cache from it).
 ENTRY_POINT_GROUP = "octavo.backends"
 
 
@@ -253,12 +260,13 @@ class StepGraphs(ABC):
     """Static-shape forward passes for devices that capture or compile them (graph capture,
     compilation per shape, ahead-of-time buckets).
 
-    `TorchWorker.warm_up` captures every shape of `shapes()`, in that order. Each step, the
+    `TorchWorker.warm_up` captures every shape of `shapes()`, in that order, and runs each
+    once after its capture (on the dummy step, writing only to `pad_slot`). Each step, the
     runner asks `shape_for` for the step's shape; it pads the step to it (`pad_inputs`:
     padding requests have no tokens, padding tokens write to `pad_slot`, block tables are
-    `block_table_width` wide), moves it to the device with the attention backend's metadata
-    and gets the hidden states of every padded token from `run`. Steps without a shape run
-    eagerly.
+    `block_table_width` wide, `logits_indices` `num_reqs` long), moves it to the device with
+    the attention backend's metadata and gets the hidden states of every padded token from
+    `run`; the step's `StepSampler` gets them whole. Steps without a shape run eagerly.
     """
 
     pad_slot: int = -1  # slot_mapping of padding tokens; -1: the kernels skip the write
@@ -283,7 +291,8 @@ class StepGraphs(ABC):
 
     @abstractmethod
     def run(self, shape: StepShape, input_ids: torch.Tensor, positions: torch.Tensor, metadata: Any) -> torch.Tensor:
-        """Hidden states [shape.num_tokens, hidden] of a step padded to `shape`."""
+        """Hidden states [shape.num_tokens, hidden] of a step padded to `shape`, launched: a
+        device that runs lazily starts the step here, without waiting for it."""
 
 
 # ----------------------------------------------------------------------------- worker
@@ -337,6 +346,9 @@ class Backend(ABC):
     default_block_size: ClassVar[int] = 16
     supported_block_sizes: ClassVar[tuple[int, ...] | None] = None  # None: any positive size
     architectures: ClassVar[tuple[str, ...] | None] = None  # HF architecture names; None: all the core's
+    # False: TorchWorker steps run under torch.no_grad, not torch.inference_mode (for tensors
+    # that cannot be inference tensors, like lazy tensors).
+    inference_mode: ClassVar[bool] = True
 
     def __init__(self, options: BackendOptions | None = None):
         self.options = options if options is not None else self.options_class()
@@ -393,6 +405,14 @@ class Backend(ABC):
         """Static-shape forward passes for `TorchWorker` (None: every step runs eagerly)."""
         return None
 
+    def step_sampler(self, config: EngineConfig, model_config: ModelConfig, device: torch.device) -> StepSampler:
+        """The sampling half of each `TorchWorker` step: the core's sampler over `sampler_ops()`.
+        Subclass `StepSampler` to sample at static shapes or in a compiled graph (override
+        `sample_hidden`, `prompt_logprobs` and `warm_up`)."""
+        from octavo.sample.step_sampler import StepSampler
+
+        return StepSampler(self.sampler_ops(), device)
+
 
 # ----------------------------------------------------------------------------- the surface
 
@@ -404,12 +424,17 @@ _LAZY = {
     "Rope": "octavo.models.ops",
     "SamplerOps": "octavo.sample.ops",
     "StepSampler": "octavo.sample.step_sampler",
+    "PromptChunk": "octavo.sample.step_sampler",
+    "LogitsFn": "octavo.sample.step_sampler",
+    "DummyStepFn": "octavo.sample.step_sampler",
+    "WarmUpTask": "octavo.sample.step_sampler",
+    "grammar_masks": "octavo.sample.step_sampler",
+    "record_logprobs": "octavo.sample.step_sampler",
     "RequestState": "octavo.worker.states",
     "RequestStates": "octavo.worker.states",
     "StepInputs": "octavo.worker.model_runner",
     "prepare_inputs": "octavo.worker.model_runner",
     "pad_inputs": "octavo.worker.model_runner",
-    "dummy_inputs": "octavo.worker.model_runner",
     "ModelRunner": "octavo.worker.model_runner",
     "TorchWorker": "octavo.worker.torch_worker",
     "resolve_model_path": "octavo.loader",

@@ -22,7 +22,7 @@ fi
 # sampling parameters) and the TPU backend's own tests on XLA's CPU client (PJRT_DEVICE=CPU,
 # chosen by name only, so `--device auto` stays on the cpu backend), in one process; then the
 # conformance kit's greedy and logprob checks (fp32 against HF, the four families;
-# small limits keep each engine at 12 graphs). The whole kit passes too but takes minutes
+# small limits keep each engine at 15 graphs). The whole kit passes too but takes minutes
 # more (README, Tests).
 export PJRT_DEVICE=CPU
 OCTAVO_CPU_KERNELS=0 "$PY" -m pytest -q tests/test_engine_vs_hf.py tests/test_kv_cache.py \

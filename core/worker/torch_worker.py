@@ -11,13 +11,9 @@ from octavo.worker.model_runner import ModelRunner
 
 
 class TorchWorker(Worker):
-    """The backend's hooks supply the attention, the fused layer ops, the sampler ops and
+    """The backend's hooks supply the attention, the fused layer ops, the step's sampler and
     static-shape graphs. Subclasses say how much memory the KV cache may take when the user
-    did not (`kv_memory_budget`), or size it themselves (`num_kv_blocks`); a backend whose
-    steps differ beyond the hooks (XLA also samples at static shapes) brings a `ModelRunner`
-    subclass as `runner_class`."""
-
-    runner_class: type[ModelRunner] = ModelRunner
+    did not (`kv_memory_budget`), or size it themselves (`num_kv_blocks`)."""
 
     def __init__(self, config: EngineConfig, backend: Backend, device: torch.device,
                  attention: AttentionBackend):
@@ -63,11 +59,12 @@ class TorchWorker(Worker):
                 shape = self.attention.kv_cache_shape(num_blocks, block_size, module.spec.num_kv_heads,
                                                       module.spec.head_dim)
                 module.kv_cache = torch.zeros(shape, dtype=self.kv_cache_dtype(), device=self.device)
-        graphs = self.backend.step_graphs(self.config, self.model_config, self.device)
-        self.runner = self.runner_class(self.model, self.attention, self.device, self.backend.sampler_ops(), graphs)
+        args = self.config, self.model_config, self.device
+        self.runner = ModelRunner(self.model, self.attention, self.device, self.backend.step_sampler(*args),
+                                  self.backend.step_graphs(*args), self.backend.inference_mode)
 
     def warm_up(self) -> None:
-        self.runner.capture_graphs(self.config.block_size)
+        self.runner.warm_up(self.config.block_size)
 
     def execute_model(self, batch: SchedulerOutput) -> None:
         self.runner.execute_model(batch)

@@ -1,11 +1,12 @@
 """Octavo backend for Google TPUs on torch-xla: static shapes, bounded compiles, ragged
 paged attention.
 
-XLA compiles one graph per input shape, so every step is padded to a bucket (`graphs`,
-`buckets`), the sampler runs on the device at bucketed row counts (`sampler`), `warm_up`
-compiles every graph the configuration allows and serving compiles none. Attention is
-torch-xla's ragged paged attention (the Pallas kernel on a TPU; `attention` has the
-static-shape reference that XLA's CPU client runs).
+XLA compiles one graph per input shape, so every step is padded to a bucket (`buckets`;
+`graphs`: the contract's `step_graphs` hook) and sampled on the device at bucketed row
+counts (`sampler`; `step_sampler`: the `step_sampler` hook); warm-up compiles every graph
+the configuration allows and serving compiles none. Attention is torch-xla's ragged paged
+attention (the Pallas kernel on a TPU; `attention` has the static-shape reference that
+XLA's CPU client runs).
 
 `PJRT_DEVICE=CPU` runs the backend on XLA's CPU client: a testing mode that compiles and
 runs the same graphs a TPU would (everything but the Pallas kernel), in fp32 by default,
@@ -19,11 +20,16 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from octavo.backend import (Availability, Backend, BackendOptions, ConfigError, EngineConfig, ModelConfig,
                             option)
+
+if TYPE_CHECKING:
+    from octavo_tpu.graphs import XlaGraphs, XlaPlan
+    from octavo_tpu.step_sampler import XlaSampler
 
 __version__ = "0.1.0"
 
@@ -61,6 +67,7 @@ class TpuBackend(Backend):
     supported_dtypes = (torch.bfloat16, torch.float32)
     default_block_size = 16
     supported_block_sizes = (16, 32, 64, 128)
+    inference_mode = False  # lazy tensors cannot be inference tensors
 
     @classmethod
     def availability(cls) -> Availability:
@@ -95,17 +102,27 @@ class TpuBackend(Backend):
 
         return XlaWorker(config, self, torch_xla.device(), XlaAttention(config.block_size, not on_cpu_client()))
 
-    def step_graphs(self, config: EngineConfig, model_config: ModelConfig, device: torch.device):
-        from octavo_tpu.buckets import bucket_sizes
-        from octavo_tpu.graphs import XlaGraphs, XlaPlan
+    def step_graphs(self, config: EngineConfig, model_config: ModelConfig, device: torch.device) -> XlaGraphs:
+        from octavo_tpu.graphs import XlaGraphs
 
-        plan = XlaPlan(token_buckets=bucket_sizes(self.options.min_num_tokens, config.max_num_batched_tokens),
+        return XlaGraphs(self.plan(config, model_config))
+
+    def step_sampler(self, config: EngineConfig, model_config: ModelConfig, device: torch.device) -> XlaSampler:
+        from octavo_tpu.step_sampler import XlaSampler
+
+        return XlaSampler(self.plan(config, model_config), device)
+
+    def plan(self, config: EngineConfig, model_config: ModelConfig) -> XlaPlan:
+        """The buckets every graph is compiled at: the graphs' and the sampler's."""
+        from octavo_tpu.buckets import bucket_sizes
+        from octavo_tpu.graphs import XlaPlan
+
+        return XlaPlan(token_buckets=bucket_sizes(self.options.min_num_tokens, config.max_num_batched_tokens),
                        req_buckets=bucket_sizes(self.options.min_num_reqs, config.max_num_seqs),
                        max_num_reqs=config.max_num_seqs,
                        block_table_width=-(-model_config.max_model_len // config.block_size),
                        num_logprobs=min(config.max_logprobs, model_config.vocab_size),
                        vocab_size=model_config.vocab_size)
-        return XlaGraphs(plan)
 
 
 def _tpu_chips() -> int:
@@ -117,7 +134,6 @@ def _tpu_chips() -> int:
 
     if unset and os.environ.get("PJRT_DEVICE") == "CPU":
         del os.environ["PJRT_DEVICE"]
-
     return num_available_chips()
 
 

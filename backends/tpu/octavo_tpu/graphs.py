@@ -1,11 +1,14 @@
 """The static-shape plan of an XLA engine: which graphs exist, and how to count compiles.
 
-Three kinds of graph, each compiled once per bucket in warm-up:
+Four kinds of graph, each compiled once per bucket in warm-up:
 
-- the forward pass (with the KV writes and the gather of the rows that sample), one per
-  token bucket; block tables are always `max_num_reqs` x `block_table_width`, so the
-  number of requests does not change the graph;
-- the sampler, one per request bucket and sampler variant (`sampler.VARIANTS`);
+- the forward pass (with the KV writes), one per token bucket (`XlaGraphs`); block tables
+  are always `max_num_reqs` x `block_table_width`, so the number of requests does not
+  change the graph;
+- the gather of the rows that sample, at the step's `max_num_reqs` padded logits indices,
+  one per token bucket (`XlaSampler`);
+- the logits of those rows and the sampler, one per request bucket and sampler variant
+  (`sampler.VARIANTS`);
 - prompt logprobs over a whole step, one per token bucket.
 
 XLA compiles a graph when it first meets its shape; torch-xla's lazy tensors trace each
@@ -16,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch_xla
 
 from octavo.backend import ForwardFn, StepGraphs, StepShape
 from octavo_tpu.sampler import VARIANTS
@@ -32,13 +36,14 @@ class XlaPlan:
 
     @property
     def num_graphs(self) -> int:
-        return 2 * len(self.token_buckets) + len(VARIANTS) * len(self.req_buckets)
+        return 3 * len(self.token_buckets) + len(VARIANTS) * len(self.req_buckets)
 
 
 class XlaGraphs(StepGraphs):
-    """`StepGraphs` for lazy tensors: `capture` remembers the forward pass and `run` traces
-    it; the runner marks the step (`torch_xla.sync`), which compiles the first time a shape
-    is seen and replays after that."""
+    """`StepGraphs` for lazy tensors: `capture` remembers the forward pass; `run` traces it
+    and launches it without waiting (`torch_xla.sync(wait=False)`: the host goes on to fill
+    the grammar masks), which compiles the graph the first time its shape is seen (warm-up
+    runs each shape once) and replays it after that."""
 
     def __init__(self, plan: XlaPlan):
         self.plan = plan
@@ -54,7 +59,11 @@ class XlaGraphs(StepGraphs):
         self._forward = forward
 
     def run(self, shape: StepShape, input_ids: torch.Tensor, positions: torch.Tensor, metadata) -> torch.Tensor:
-        return self._forward(input_ids, positions, metadata)
+        """Hidden states of every padded token (slicing the padding off would put the step's
+        length into the graphs that follow)."""
+        hidden = self._forward(input_ids, positions, metadata)
+        torch_xla.sync(wait=False)
+        return hidden
 
 
 def num_compiles() -> int:

@@ -1,16 +1,15 @@
-"""The XLA worker: the core's torch worker with the static-shape runner, a padding page in
-every KV cache, KV memory from the device, and a warm-up that compiles every graph."""
+"""The XLA worker: the core's torch worker with a padding page in every KV cache, KV memory
+from the device, and a count of what warm-up compiled (the core's warm-up compiles every
+graph of the plan: the forward passes and `XlaSampler`'s)."""
 from __future__ import annotations
 
 import logging
 import time
 
 import torch_xla
-from tqdm import tqdm
 
 from octavo.backend import TorchWorker
 from octavo_tpu.graphs import num_compiles, num_graphs_run
-from octavo_tpu.runner import XlaModelRunner
 
 logger = logging.getLogger("octavo")
 
@@ -18,11 +17,8 @@ CPU_CLIENT_KV_CACHE_MEMORY = 1 << 30  # bytes: XLA's CPU client reports no memor
 
 
 class XlaWorker(TorchWorker):
-    runner_class = XlaModelRunner
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.compile_times: list[tuple[str, float]] = []  # warm-up: (graph, seconds)
         self.num_warm_up_compiles = 0  # graphs compiled in warm-up
         self.num_warm_up_graphs = 0  # graphs warm-up ran (some may have been compiled already)
 
@@ -47,19 +43,11 @@ class XlaWorker(TorchWorker):
         torch_xla.sync()
 
     def warm_up(self) -> None:
-        """Compile every graph of the plan, with a progress bar; serving compiles nothing."""
-        plan = self.runner.plan
         before, runs_before, start = num_compiles(), num_graphs_run(), time.perf_counter()
-        last = start
-        with tqdm(total=plan.num_graphs, desc="compiling XLA graphs", unit="graph") as bar:
-            for label in self.runner.warm_up_steps(self.config.block_size):
-                now = time.perf_counter()
-                self.compile_times.append((label, now - last))
-                last = now
-                bar.set_postfix_str(label)
-                bar.update()
+        super().warm_up()
         self.num_warm_up_compiles = num_compiles() - before
         self.num_warm_up_graphs = num_graphs_run() - runs_before
+        plan = self.runner.graphs.plan
         logger.info("XLA warm-up: %d graphs compiled in %.1f s (%d token buckets %s, %d request buckets %s)",
                     self.num_warm_up_compiles, time.perf_counter() - start, len(plan.token_buckets),
                     plan.token_buckets, len(plan.req_buckets), plan.req_buckets)

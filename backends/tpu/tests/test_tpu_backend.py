@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from octavo.backend import ConfigError, EngineConfig
 from octavo.testing import checks
@@ -46,14 +47,11 @@ def test_bad_options_name_themselves(field, value):
 def test_selected_by_name_in_fp32_on_the_cpu_client_and_bf16_close_to_hf(tmp_path):
     """`device="tpu"` finds the installed backend; fp32 is the CPU client's default, and bf16
     (a TPU's default) stays within bf16's rounding of HF's fp32 choices."""
-    model = make_tiny_model("llama", str(tmp_path))
+    from octavo import LLM
 
-    def make_llm(path, **kwargs):
-        from octavo import LLM
+    assert TpuBackend().default_dtype() == torch.float32
 
-        return LLM(path, device="tpu", max_num_seqs=16, max_num_batched_tokens=64, **kwargs)
+    def make_llm(path, **kwargs):  # small limits: 9 graphs
+        return LLM(path, device="tpu", max_num_seqs=8, max_num_batched_tokens=32, **kwargs)
 
-    import torch
-
-    assert make_llm(model).engine.config.dtype == torch.float32
-    checks.check_half_precision_close_to_hf(make_llm, model, "bfloat16")
+    checks.check_half_precision_close_to_hf(make_llm, make_tiny_model("llama", str(tmp_path)), "bfloat16")

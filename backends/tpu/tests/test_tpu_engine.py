@@ -65,8 +65,9 @@ def test_compile_budget(tiny, monkeypatch):
     llm = make_llm(tiny("llama"), dtype="float32", num_kv_blocks=24, max_num_seqs=12, max_num_batched_tokens=48)
     engine = llm.engine
     worker = engine.worker
-    assert worker.runner.plan.token_buckets == [16, 32, 48] and worker.runner.plan.req_buckets == [8, 12]
-    assert worker.num_warm_up_graphs == worker.runner.plan.num_graphs == 12
+    plan = worker.runner.graphs.plan
+    assert plan.token_buckets == [16, 32, 48] and plan.req_buckets == [8, 12]
+    assert worker.num_warm_up_graphs == plan.num_graphs == 15  # 3 token buckets x 3 + 2 request buckets x 3
     mixed_steps = []  # per step: prefill chunks and decodes together
     execute = worker.execute_model
 
