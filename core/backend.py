@@ -46,11 +46,16 @@ if TYPE_CHECKING:
     from octavo.sample.step_sampler import StepSampler
 
 CONTRACT_VERSION = "4.1"
-# 4.1 adds (a minor: only additions with defaults), mostly for runtimes that compile the sampling too:
-#   - Backend.step_sampler: the sampling half of each TorchWorker step, a StepSampler; the
-#     runner calls its new sample_hidden and prompt_logprobs each step and runs the tasks of
-#     its new warm_up after the captures, with a progress bar (PromptChunk, LogitsFn,
-#     DummyStepFn, WarmUpTask, grammar_masks and record_logprobs exported);
+# 4.1 adds (a minor: only additions with defaults):
+#   - for runtimes that build the model in a graph of their own: the exports model_config_for,
+#     head_dim_of, sliding_window_of, rope_inv_freq, prompt_logprobs, num_blocks_for_memory;
+#   - Backend.chunked_prefill and Backend.prompt_logprobs (False: the device has no chunked
+#     prefill / no logits of prompt positions);
+#   - for runtimes that compile the sampling too: Backend.step_sampler, the sampling half of
+#     each TorchWorker step, a StepSampler; the runner calls its new sample_hidden and
+#     prompt_logprobs each step and runs the tasks of its new warm_up after the captures, with
+#     a progress bar (PromptChunk, LogitsFn, DummyStepFn, WarmUpTask, grammar_masks and
+#     record_logprobs exported);
 #   - Backend.inference_mode (False: steps run under torch.no_grad);
 #   - Availability.auto (False: `--device auto` never picks the backend, e.g. a testing mode);
 #   - pad_inputs pads logits_indices to shape.num_reqs entries;
@@ -349,6 +354,12 @@ class Backend(ABC):
     # False: TorchWorker steps run under torch.no_grad, not torch.inference_mode (for tensors
     # that cannot be inference tensors, like lazy tensors).
     inference_mode: ClassVar[bool] = True
+    # Since 4.1. False: each step runs a prompt's uncached part whole (the engine turns chunked
+    # prefill off and needs max_num_batched_tokens >= max_model_len).
+    chunked_prefill: ClassVar[bool] = True
+    # Since 4.1. False: the worker never has logits of prompt positions (the engine rejects
+    # requests for prompt logprobs at admission).
+    prompt_logprobs: ClassVar[bool] = True
 
     def __init__(self, options: BackendOptions | None = None):
         self.options = options if options is not None else self.options_class()
@@ -379,6 +390,8 @@ class Backend(ABC):
         if config.kv_cache_dtype not in self.kv_cache_dtypes:
             raise ConfigError(f"{self.name} supports kv cache dtypes {self.kv_cache_dtypes}, "
                               f"got {config.kv_cache_dtype!r}")
+        if not self.chunked_prefill:
+            config.enable_chunked_prefill = False
         self.options.validate(config)
 
     @abstractmethod
@@ -440,6 +453,15 @@ _LAZY = {
     "resolve_model_path": "octavo.loader",
     "load_hf_config": "octavo.loader",
     "iter_model_weights": "octavo.loader",
+    # 4.1, for backends that build the model in a graph runtime of their own: the model's
+    # shapes, the per-layer attention facts and rotary frequencies the core's models use,
+    # prompt logprobs from logits, and the KV sizing rule of --kv-cache-memory.
+    "model_config_for": "octavo.loader",
+    "head_dim_of": "octavo.models.llama",
+    "sliding_window_of": "octavo.models.llama",
+    "rope_inv_freq": "octavo.models.layers",
+    "prompt_logprobs": "octavo.sample.step_sampler",
+    "num_blocks_for_memory": "octavo.kv_cache",
 }
 
 

@@ -54,6 +54,8 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"
     max_logprobs: int = 20
     guided_decoding_backend: str = "xgrammar"  # or "llguidance"; a request may name its own
+    generation_config: str = "auto"  # sampling defaults: the model's (auto), none (vllm), or a directory's
+    override_generation_config: dict[str, Any] | None = None
     # The device's own settings as the user gave them (option name -> value); the engine
     # parses them into the backend's typed options (`Backend.options_class`).
     device_options: dict[str, Any] = field(default_factory=dict)

@@ -11,7 +11,7 @@ from octavo.backend import ENTRY_POINT_GROUP, Availability, Backend, ConfigError
 
 # The devices whose backend packages live in this repository (backends/<name>): listed by
 # `octavo devices` even when not installed, with how to install them.
-KNOWN_DEVICES = ("cpu", "cuda", "rocm", "tpu")
+KNOWN_DEVICES = ("cpu", "openvino", "cuda", "rocm", "tpu", "xpu", "neuron")
 
 
 @dataclass(slots=True)

@@ -118,7 +118,7 @@ def test_help_lists_each_backends_options_in_its_own_group(capsys):
     text = capsys.readouterr().out
     cpu = text[text.index("cpu backend:"):]
     assert "--num-threads" in cpu.split("\n\n")[0]
-    gpu = text[text.index("cuda, rocm backends:"):].split("\n\n")[0]
+    gpu = text[text.index("cuda, rocm, xpu backends:"):].split("\n\n")[0]  # one options class, shared
     for flag in ("--gpu-memory-utilization", "--cuda-graph-sizes", "--enforce-eager"):
         assert flag in gpu
     assert "(default: 0.9)" in gpu
@@ -153,7 +153,7 @@ def test_llm_keywords_reach_the_backend_typed(tiny_model, caplog):
     assert llm.engine.backend.options.num_threads == 1 and torch.get_num_threads() == 1
     with caplog.at_level(logging.WARNING, logger="octavo"):
         LLM(tiny_model("llama"), dtype="float32", num_kv_blocks=32, enforce_eager=True)
-    assert "ignoring enforce_eager: an option of the cuda, rocm backend" in caplog.text
+    assert "ignoring enforce_eager: an option of the cuda, rocm, xpu backend" in caplog.text
     with pytest.raises(ConfigError, match="unknown option 'no_such_option' for the cpu backend"):
         LLM(tiny_model("llama"), no_such_option=1)
 

@@ -5,25 +5,15 @@ import pytest
 import torch
 
 from octavo import LLM, SamplingParams
-from octavo.loader.gguf import find_default_model
-
 QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea."]
 
 
-@pytest.fixture(scope="module")
-def gguf_path():
-    try:
-        return find_default_model()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-
-
-def test_smollm2_greedy_matches_hf(gguf_path):
+def test_smollm2_greedy_matches_hf(smollm2_gguf):
     """fp32 on both sides. (In bf16, transformers 5 keeps GGUF weights packed and computes its
     matmuls in fp32, so its "bf16" is a different computation from a bf16 model.)"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, name = os.path.split(gguf_path)
+    folder, name = os.path.split(smollm2_gguf)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
@@ -37,32 +27,23 @@ def test_smollm2_greedy_matches_hf(gguf_path):
         expected.append(out[0, len(ids):].tolist())
     del hf
 
-    llm = LLM(gguf_path, dtype="float32", max_model_len=1024, num_kv_blocks=64)
+    llm = LLM(smollm2_gguf, dtype="float32", max_model_len=1024, num_kv_blocks=64)
     outs = llm.generate(prompt_token_ids=prompts,
                         sampling_params=SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))
     assert [o.outputs[0].token_ids for o in outs] == expected
     assert "Paris" in outs[0].outputs[0].text
 
 
-def test_default_model_chat_is_coherent(gguf_path):
+def test_default_model_chat_is_coherent(smollm2_gguf):
     llm = LLM(max_model_len=1024, num_kv_blocks=64)  # no model named: the embedded default
     out = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
                    SamplingParams(temperature=0, max_tokens=24))[0].outputs[0]
     assert "Paris" in out.text and out.finish_reason in ("stop", "length")
 
 
-def test_readme_serve_command_answers_a_chat(gguf_path):
+def test_readme_serve_command_answers_a_chat(smollm2_gguf):
     """README's first command, `octavo serve` with no model, through the official client."""
-    import openai
-    from server_utils import free_port, octavo_serve
+    from server_utils import check_paris_chat, free_port, octavo_serve
 
     with octavo_serve(["--max-model-len", "1024", "--disable-log-stats"], free_port(), timeout=180) as proc:
-        client = openai.OpenAI(base_url=proc.url + "/v1", api_key="none", max_retries=0, timeout=120)
-        model = client.models.list().data[0].id
-        question = [{"role": "user", "content": "What is the capital of France?"}]
-        reply = client.chat.completions.create(model=model, messages=question, temperature=0, max_tokens=24)
-        assert "Paris" in reply.choices[0].message.content
-        stream = client.chat.completions.create(model=model, messages=question, temperature=0, max_tokens=24,
-                                                stream=True)
-        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        assert streamed == reply.choices[0].message.content
+        check_paris_chat(proc.url)

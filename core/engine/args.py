@@ -6,10 +6,12 @@ own (`octavo.engine.options`): the core names no device flag.
 from __future__ import annotations
 
 import argparse
+import json
 
 from octavo.config import EngineConfig
 from octavo.devices import KNOWN_DEVICES, loadable_backends
 from octavo.engine.options import add_option_groups, options_from_args
+from octavo.engine.vllm_compat import add_vllm_compat_args, warn_vllm_compat
 from octavo.structured_output.params import BACKENDS
 
 
@@ -33,15 +35,25 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-cache-memory", type=float, default=None, metavar="GIB",
                    help="KV cache size in GiB (default: the device's sizing, e.g. 4 GiB on the CPU as "
                         "vLLM's VLLM_CPU_KVCACHE_SPACE, profiled free memory on accelerators)")
+    g.add_argument("--kv-cache-dtype", default="auto",
+                   help="KV cache precision: auto (the model's dtype) or one the device offers "
+                        "(see `octavo devices`; default: auto)")
     g.add_argument("--num-kv-blocks", type=int, default=None, help="exact KV block count (overrides memory)")
     g.add_argument("--seed", type=int, default=0, help="seed of unseeded sampling (default: 0)")
     g.add_argument("--max-logprobs", type=int, default=20, help="largest logprobs a request may ask (default: 20)")
     g.add_argument("--guided-decoding-backend", choices=BACKENDS, default="xgrammar",
                    help="library for structured output; a request's own choice wins (default: xgrammar)")
+    g.add_argument("--generation-config", default="auto", metavar="auto|vllm|DIR",
+                   help="sampling defaults for requests that leave them unset: the model's generation config "
+                        "(auto), none (vllm), or DIR/generation_config.json")
+    g.add_argument("--override-generation-config", type=json.loads, default=None, metavar="JSON",
+                   help='sampling defaults over the generation config\'s, e.g. \'{"temperature": 0.5}\'')
+    add_vllm_compat_args(parser)
     add_option_groups(parser, loadable_backends())
 
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    warn_vllm_compat(args)
     return EngineConfig(
         model=args.model,
         tokenizer=args.tokenizer,
@@ -56,7 +68,10 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         enable_prefix_caching=args.enable_prefix_caching,
         kv_cache_memory=None if args.kv_cache_memory is None else int(args.kv_cache_memory * (1 << 30)),
         num_kv_blocks=args.num_kv_blocks,
+        kv_cache_dtype=args.kv_cache_dtype,
         max_logprobs=args.max_logprobs,
         guided_decoding_backend=args.guided_decoding_backend,
         device_options=options_from_args(args),
+        generation_config=args.generation_config,
+        override_generation_config=args.override_generation_config,
     )

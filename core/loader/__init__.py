@@ -63,21 +63,16 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def load_model(config: EngineConfig, device: torch.device, ops: LayerOps) -> tuple[nn.Module, ModelConfig]:
-    """Build the model on `device`, its norms and rotary embeddings computing with `ops`."""
-    path = resolve_model_path(config.model)
-    hf_config = load_hf_config(path)
-    arch, cls = model_class(hf_config)
+def model_config_for(config: EngineConfig, hf_config) -> ModelConfig:
+    """The model's shapes and limits (its architecture must be one the core knows; the
+    context no longer than its positions)."""
+    arch, _ = model_class(hf_config)
     max_positions = hf_config.max_position_embeddings
     max_model_len = config.max_model_len or max_positions
     if max_model_len > max_positions:
         raise ConfigError(f"max_model_len {max_model_len} exceeds the model's "
                           f"max_position_embeddings {max_positions}")
-    with _default_dtype(config.dtype), torch.device(device):
-        model = cls(hf_config, max_positions, ops)
-    load_weights(model, iter_model_weights(path, hf_config, config.dtype), hf_config.tie_word_embeddings)
-    model.eval().requires_grad_(False)
-    model_config = ModelConfig(
+    return ModelConfig(
         architecture=arch,
         hf_config=hf_config,
         dtype=config.dtype,
@@ -88,6 +83,18 @@ def load_model(config: EngineConfig, device: torch.device, ops: LayerOps) -> tup
         num_kv_heads=hf_config.num_key_value_heads,
         head_dim=head_dim_of(hf_config),
     )
+
+
+def load_model(config: EngineConfig, device: torch.device, ops: LayerOps) -> tuple[nn.Module, ModelConfig]:
+    """Build the model on `device`, its norms and rotary embeddings computing with `ops`."""
+    path = resolve_model_path(config.model)
+    hf_config = load_hf_config(path)
+    model_config = model_config_for(config, hf_config)
+    _, cls = model_class(hf_config)
+    with _default_dtype(config.dtype), torch.device(device):
+        model = cls(hf_config, hf_config.max_position_embeddings, ops)
+    load_weights(model, iter_model_weights(path, hf_config, config.dtype), hf_config.tie_word_embeddings)
+    model.eval().requires_grad_(False)
     return model, model_config
 
 

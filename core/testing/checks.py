@@ -7,6 +7,7 @@ tiny model at `model_dir` and leave it idle and leak-free.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -77,11 +78,21 @@ def check_greedy_matches_hf(make_llm: MakeLLM, model_dir: str, scenario: str) ->
     assert_no_leaks(llm)
 
 
-def check_logprobs_match_hf(make_llm: MakeLLM, model_dir: str, atol: float = 1e-4) -> None:
-    """Sampled-token and top-k logprobs, and prompt logprobs, against HF's log_softmax."""
+def check_logprobs_match_hf(make_llm: MakeLLM, model_dir: str, atol: float = 1e-4,
+                            prompt_logprobs: bool = True) -> None:
+    """Sampled-token and top-k logprobs, and prompt logprobs, against HF's log_softmax (a
+    backend without prompt logprobs must reject a request for them at admission)."""
     llm = make_llm(model_dir, dtype="float32")
     prompt = varied_prompts(llm.engine.model_config.vocab_size)[4]
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=5, prompt_logprobs=3)
+    if not prompt_logprobs:
+        try:
+            llm.generate(prompt_token_ids=[prompt], sampling_params=params)
+        except ValueError as exc:
+            assert "prompt_logprobs" in str(exc), exc
+        else:
+            raise AssertionError("a backend without prompt logprobs accepted a request for them")
+        params = dataclasses.replace(params, prompt_logprobs=None)
     out = llm.generate(prompt_token_ids=[prompt], sampling_params=params)[0]
     completion = out.outputs[0]
     ref = hf_logprobs(model_dir, prompt + completion.token_ids[:-1])
@@ -91,9 +102,10 @@ def check_logprobs_match_hf(make_llm: MakeLLM, model_dir: str, atol: float = 1e-
         assert abs(position[token].logprob - row[token].item()) < atol
         for tid, value in zip(top.indices.tolist(), top.values.tolist()):
             assert abs(position[tid].logprob - value) < atol
-    assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(prompt)
-    for j in range(1, len(prompt)):
-        assert abs(out.prompt_logprobs[j][prompt[j]].logprob - ref[j - 1, prompt[j]].item()) < atol
+    if prompt_logprobs:
+        assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(prompt)
+        for j in range(1, len(prompt)):
+            assert abs(out.prompt_logprobs[j][prompt[j]].logprob - ref[j - 1, prompt[j]].item()) < atol
     total = sum(p[t].logprob for t, p in zip(completion.token_ids, completion.logprobs))
     assert abs(completion.cumulative_logprob - total) < 1e-3
     chosen_only = llm.generate(prompt_token_ids=[prompt], sampling_params=SamplingParams(

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from octavo.backend import (AttentionBackend, Backend, ConfigError, EngineConfig, GrammarBitmask, ModelConfig,
+from octavo.backend import (AttentionBackend, Backend, EngineConfig, GrammarBitmask, ModelConfig,
                             ModelRunnerOutput, SchedulerOutput, Worker)
+from octavo.kv_cache import num_blocks_for_memory
 from octavo.loader import load_model
 from octavo.models.layers import Attention
 from octavo.worker.model_runner import ModelRunner
@@ -42,16 +43,9 @@ class TorchWorker(Worker):
     def num_kv_blocks(self, block_size: int) -> int:
         """Blocks in `kv_cache_memory`, else in the budget, but no more than every sequence at
         full length could use."""
-        per_block = self.kv_bytes_per_block(block_size)
-        memory = self.config.kv_cache_memory
-        if memory is None:
-            full = self.config.max_num_seqs * -(-self.model_config.max_model_len // block_size) * per_block
-            memory = min(self.kv_memory_budget(), full)
-        blocks = memory // per_block
-        if blocks < 1:
-            raise ConfigError(f"kv_cache_memory {memory} bytes holds no block of {block_size} tokens "
-                              f"({per_block} bytes each)")
-        return int(blocks)
+        budget = self.kv_memory_budget() if self.config.kv_cache_memory is None else 0
+        return num_blocks_for_memory(self.config, self.model_config.max_model_len, block_size,
+                                     self.kv_bytes_per_block(block_size), budget)
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         for module in self.model.modules():

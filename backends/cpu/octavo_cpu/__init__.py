@@ -39,7 +39,7 @@ class CpuOptions(BackendOptions):
 
 class CpuBackend(Backend):
     name = "cpu"
-    contract_version = "4.0"
+    contract_version = "4.1"  # num_blocks_for_memory
     priority = 0
     options_class = CpuOptions
     supported_dtypes = (torch.float32, torch.bfloat16, torch.float16)

@@ -10,6 +10,7 @@ profiling and captures CUDA graphs.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,8 +22,11 @@ from octavo.backend import (Availability, Backend, BackendOptions, ConfigError, 
 if TYPE_CHECKING:
     from octavo.backend import LayerOps, StepGraphs
     from octavo_cuda.launch import LaunchConfig
+    from octavo_cuda.runtime import GpuRuntime
 
 __version__ = "0.1.0"
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CUDA_GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 
@@ -73,6 +77,7 @@ class CudaBackend(Backend):
     kv_cache_dtypes = ("auto",)
     default_block_size = 16
     supported_block_sizes = (16, 32)
+    device_type = "cuda"  # the torch device the worker runs on
 
     @classmethod
     def availability(cls) -> Availability:
@@ -95,6 +100,12 @@ class CudaBackend(Backend):
 
         return CUDA_LAUNCH
 
+    def runtime(self) -> GpuRuntime:
+        """torch's API for this GPU (memory, synchronisation, graphs); ROCm builds speak torch.cuda too."""
+        from octavo_cuda.runtime import CUDA_RUNTIME
+
+        return CUDA_RUNTIME
+
     def default_dtype(self) -> torch.dtype:
         # bf16 needs sm_80+; older GPUs get fp16.
         if torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False):
@@ -116,14 +127,19 @@ class CudaBackend(Backend):
         """CUDA graphs of decode steps at `cuda_graph_sizes` (none with --enforce-eager)."""
         if not self.options.cuda_graph_sizes:
             return None
+        if not self.runtime().has_graphs:
+            logger.info("%s: this torch (%s) cannot capture graphs; every step runs eagerly", self.name,
+                        torch.__version__)
+            return None
         from octavo_cuda.cuda_graphs import CudaGraphs
 
-        return CudaGraphs(self.options.cuda_graph_sizes, model_config.max_model_len, config.block_size, device)
+        return CudaGraphs(self.options.cuda_graph_sizes, model_config.max_model_len, config.block_size, device,
+                          self.runtime())
 
     def create_worker(self, config: EngineConfig):
         from octavo_cuda.worker import CudaWorker
 
-        return CudaWorker(config, self, torch.device("cuda"), self.attention_backend())
+        return CudaWorker(config, self, torch.device(self.device_type), self.attention_backend(), self.runtime())
 
 
 __all__ = ["CudaBackend", "GpuOptions", "__version__"]

@@ -8,11 +8,13 @@ Steps with prefill tokens, or more requests than the largest size, run eagerly.
 from __future__ import annotations
 
 from bisect import bisect_left
+from typing import Any
 
 import torch
 
 from octavo.backend import BatchLayout, ForwardFn, StepGraphs, StepShape
 from octavo_cuda.attention import TritonMetadata
+from octavo_cuda.runtime import CUDA_RUNTIME, GpuRuntime
 
 
 def static_metadata(max_seqs: int, max_blocks: int, max_model_len: int, block_size: int,
@@ -39,12 +41,14 @@ class CudaGraphs(StepGraphs):
     """One graph per decode batch size, captured largest first so that the smaller ones
     reuse its memory pool; every graph reads the same static buffers."""
 
-    def __init__(self, sizes: list[int], max_model_len: int, block_size: int, device: torch.device):
+    def __init__(self, sizes: list[int], max_model_len: int, block_size: int, device: torch.device,
+                 runtime: GpuRuntime = CUDA_RUNTIME):
+        self.runtime = runtime
         self.sizes = sorted(sizes)
         self.max_model_len = max_model_len
         self.block_size = block_size
         self.device = device
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[int, Any] = {}  # CUDAGraph / XPUGraph
         self.outputs: dict[int, torch.Tensor] = {}
         self.static: TritonMetadata | None = None  # allocated by the first capture
         self.pool = None
@@ -66,10 +70,8 @@ class CudaGraphs(StepGraphs):
         size = shape.num_reqs
         args = self._load(size, input_ids, positions, metadata)
         forward(*args)  # compiles this size's kernels outside the capture
-        torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            self.outputs[size] = forward(*args)
+        self.runtime.api.synchronize(self.device)
+        graph, self.outputs[size] = self.runtime.capture(lambda: forward(*args), self.pool)
         self.pool = graph.pool()
         self.graphs[size] = graph
 

@@ -22,6 +22,7 @@ import torch
 from octavo.backend import (AttentionBackend, Backend, EngineConfig, NewRequestData, SamplingParams,
                             ScheduledRequest, SchedulerOutput, TorchWorker)
 from octavo_cuda.memory import MemorySample, kv_cache_bytes, num_blocks_for
+from octavo_cuda.runtime import CUDA_RUNTIME, GpuRuntime
 
 
 def profile_batch(config: EngineConfig, max_model_len: int, block_size: int) -> SchedulerOutput:
@@ -56,19 +57,20 @@ def run_profile_step(worker: TorchWorker, block_size: int) -> int:
     return num_blocks * worker.kv_bytes_per_block(block_size)
 
 
-def _sample(device: torch.device) -> MemorySample:
-    free, total = torch.cuda.mem_get_info(device)
-    return MemorySample(free=free, total=total, reserved=torch.cuda.memory_reserved(device))
+def _sample(runtime: GpuRuntime, device: torch.device) -> MemorySample:
+    free, total = runtime.api.mem_get_info(device)
+    return MemorySample(free=free, total=total, reserved=runtime.api.memory_reserved(device))
 
 
 class CudaWorker(TorchWorker):
     def __init__(self, config: EngineConfig, backend: Backend, device: torch.device,
-                 attention: AttentionBackend) -> None:
+                 attention: AttentionBackend, runtime: GpuRuntime = CUDA_RUNTIME) -> None:
         super().__init__(config, backend, device, attention)
-        torch.cuda.set_device(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        self._mem_start = _sample(device)  # before the weights: what this process starts from
+        self.runtime = runtime
+        runtime.api.set_device(device)
+        runtime.api.empty_cache()
+        runtime.api.reset_peak_memory_stats(device)
+        self._mem_start = _sample(runtime, device)  # before the weights: what this process starts from
 
     def num_kv_blocks(self, block_size: int) -> int:
         per_block = self.kv_bytes_per_block(block_size)
@@ -77,14 +79,14 @@ class CudaWorker(TorchWorker):
         if self.config.kv_cache_memory:
             return num_blocks_for(self.config.kv_cache_memory, per_block)
         temp_cache = run_profile_step(self, block_size)
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device) - temp_cache
+        self.runtime.api.synchronize(self.device)
+        peak = self.runtime.api.max_memory_allocated(self.device) - temp_cache
         self.runner = None  # drop the profile cache's runner; allocate_kv_cache makes the real one
-        torch.cuda.empty_cache()
-        after = _sample(self.device)
+        self.runtime.api.empty_cache()
+        after = _sample(self.runtime, self.device)
         utilization = self.backend.options.gpu_memory_utilization
         return num_blocks_for(kv_cache_bytes(self._mem_start, after, peak, utilization), per_block)
 
     def shutdown(self) -> None:
         super().shutdown()
-        torch.cuda.empty_cache()
+        self.runtime.api.empty_cache()

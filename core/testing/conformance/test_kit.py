@@ -8,11 +8,14 @@ from octavo.testing import checks
 
 @pytest.mark.parametrize("scenario", list(checks.SCENARIOS))
 def test_greedy_matches_hf(kit, model_dir, scenario):
+    if scenario == "chunked_prefill" and not kit.backend_class.chunked_prefill:
+        pytest.skip(f"{kit.label} declares no chunked prefill (prompts run whole)")
     checks.check_greedy_matches_hf(kit.make_llm, model_dir, scenario)
 
 
 def test_logprobs_match_hf(kit, model_dir):
-    checks.check_logprobs_match_hf(kit.make_llm, model_dir, atol=kit.logprob_atol)
+    checks.check_logprobs_match_hf(kit.make_llm, model_dir, atol=kit.logprob_atol,
+                                   prompt_logprobs=kit.backend_class.prompt_logprobs)
 
 
 @pytest.mark.parametrize("name", list(checks.PROCESSED_GREEDY))
