@@ -3,7 +3,8 @@
 `execute_model` applies the step to the worker's requests, builds the step's flat inputs
 and launches the forward pass (eagerly, or padded to a captured shape when the backend has
 `StepGraphs`); `sample_tokens` then computes the logits of the positions that sample and
-hands them to the `StepSampler`.
+hands them to the `StepSampler`. In a tensor-parallel engine every rank runs both phases
+(the logits are gathered), and only rank 0, which gets the logits, samples.
 """
 from __future__ import annotations
 
@@ -140,7 +141,8 @@ class ModelRunner:
         rows = step.inputs.sample_rows
         if rows:
             logits = self.model.compute_logits(step.hidden[step.inputs.logits_indices.to(self.device)])
-            self.sampler.sample([step.reqs[i] for i in rows], rows, logits, grammar, out)
+            if logits is not None:  # None: a tensor-parallel rank other than 0
+                self.sampler.sample([step.reqs[i] for i in rows], rows, logits, grammar, out)
         return out
 
     # ------------------------------------------------------------------ forward
@@ -184,4 +186,5 @@ class ModelRunner:
                 continue
             first = int(starts[i])
             logits = self.model.compute_logits(step.hidden[first:first + count])
-            out.prompt_logprobs[r.request_id] = prompt_logprobs(logits, r.token_ids[start + 1:start + 1 + count], k)
+            if logits is not None:
+                out.prompt_logprobs[r.request_id] = prompt_logprobs(logits, r.token_ids[start + 1:start + 1 + count], k)
