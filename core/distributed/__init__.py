@@ -4,6 +4,8 @@ get by default (`Backend.communicator`: gloo for host memory, NCCL for GPUs)."""
 from __future__ import annotations
 
 import datetime
+import socket
+from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
@@ -14,6 +16,23 @@ from octavo.backend import Communicator, ParallelRank
 # dead worker by itself within a second (the executors watch their processes); this only
 # bounds the ranks left waiting on it, which the engine then ends anyway.
 COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=60)
+
+
+class Rendezvous:
+    """The torch.distributed store the ranks of one engine meet at, hosted by the engine's
+    process on `host` only (loopback for workers on this machine; the node's address when
+    they span machines); `init_method` is what the ranks get (`ParallelRank.init_method`).
+    torch's own tcp:// rendezvous would have rank 0 listen on every interface."""
+
+    def __init__(self, host: str):
+        listener = socket.create_server((host, 0))
+        port = listener.getsockname()[1]
+        self.store = dist.TCPStore(host, port, is_master=True, master_listen_fd=listener.detach(),
+                                   wait_for_workers=False, timeout=COLLECTIVE_TIMEOUT)  # the store owns it
+        self.init_method = f"tcp://{host}:{port}"
+
+    def close(self) -> None:
+        self.store = None
 
 
 class SingleRank(Communicator):
@@ -41,8 +60,10 @@ class TorchCommunicator(Communicator):
         super().__init__(rank.rank, rank.world_size)
         self.device = device
         kwargs = {"device_id": device} if device.type not in ("cpu", "meta") else {}
-        dist.init_process_group(backend, init_method=rank.init_method, rank=rank.rank,
-                                world_size=rank.world_size, timeout=COLLECTIVE_TIMEOUT, **kwargs)
+        address = urlsplit(rank.init_method)
+        store = dist.TCPStore(address.hostname, address.port, is_master=False, timeout=COLLECTIVE_TIMEOUT)
+        dist.init_process_group(backend, store=store, rank=rank.rank, world_size=rank.world_size,
+                                timeout=COLLECTIVE_TIMEOUT, **kwargs)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(x)

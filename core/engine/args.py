@@ -10,6 +10,7 @@ import argparse
 from octavo.config import EngineConfig
 from octavo.devices import KNOWN_DEVICES, loadable_backends
 from octavo.engine.options import add_option_groups, options_from_args
+from octavo.executor import EXECUTOR_BACKENDS
 from octavo.structured_output.params import BACKENDS
 
 
@@ -38,6 +39,19 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-logprobs", type=int, default=20, help="largest logprobs a request may ask (default: 20)")
     g.add_argument("--guided-decoding-backend", choices=BACKENDS, default="xgrammar",
                    help="library for structured output; a request's own choice wins (default: xgrammar)")
+    p = parser.add_argument_group("parallelism")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                   help="worker processes that split the model (its heads, features and vocabulary) and run "
+                        "every step together (default: 1)")
+    p.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+                   help="engines behind the server, each with its own workers and KV cache; requests go to "
+                        "the least loaded (default: 1)")
+    p.add_argument("--distributed-executor-backend", choices=EXECUTOR_BACKENDS, default=None,
+                   help="how worker processes run: mp (multiprocessing, this machine) or ray (actors of a "
+                        "Ray cluster, which may span machines; pip install 'octavo[ray]') (default: mp)")
+    p.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
+                   help="not supported: pipeline parallelism is out of scope for now; any value but 1 "
+                        "is refused")
     add_option_groups(parser, loadable_backends())
 
 
@@ -58,5 +72,9 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         num_kv_blocks=args.num_kv_blocks,
         max_logprobs=args.max_logprobs,
         guided_decoding_backend=args.guided_decoding_backend,
+        tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
+        distributed_executor_backend=args.distributed_executor_backend,
         device_options=options_from_args(args),
     )

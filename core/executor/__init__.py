@@ -5,8 +5,6 @@
 """
 from __future__ import annotations
 
-import socket
-
 from octavo.backend import Backend, ConfigError, EngineConfig, ParallelRank, Worker
 
 EXECUTOR_BACKENDS = ("mp", "ray")
@@ -43,12 +41,6 @@ def uses_worker_processes(config: EngineConfig) -> bool:
             or config.distributed_executor_backend == "ray")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def local_ranks(config: EngineConfig, replica: int, init_method: str) -> list[ParallelRank]:
     """The ranks of data-parallel replica `replica` when every worker process of every
     replica runs on this machine (replica-major local ranks)."""
@@ -69,4 +61,4 @@ def create_executor(config: EngineConfig, backend: Backend, replica: int = 0) ->
         return RayExecutor(config, backend, replica)
     from octavo.executor.multiproc import MultiprocExecutor
 
-    return MultiprocExecutor(config, backend, local_ranks(config, replica, f"tcp://127.0.0.1:{free_port()}"))
+    return MultiprocExecutor(config, backend, replica)

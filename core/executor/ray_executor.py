@@ -20,6 +20,7 @@ import weakref
 from typing import Any
 
 from octavo.backend import Backend, ConfigError, EngineConfig, ParallelRank
+from octavo.distributed import Rendezvous
 from octavo.executor.base import Executor
 from octavo.executor.worker_host import create_rank_worker
 
@@ -46,11 +47,6 @@ class RayWorker:
 
         return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
 
-    def free_port(self) -> int:
-        from octavo.executor import free_port
-
-        return free_port()
-
     def pid(self) -> int:
         return os.getpid()
 
@@ -64,11 +60,15 @@ class RayWorker:
         return True
 
 
+_CONNECT = threading.Lock()  # data-parallel replicas start side by side
+
+
 def _connect():
     import ray
 
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING)  # RAY_ADDRESS, the cluster started here last, or a new one
+    with _CONNECT:
+        if not ray.is_initialized():
+            ray.init(logging_level=logging.WARNING)  # RAY_ADDRESS, the cluster started here last, or a new one
     return ray
 
 
@@ -113,9 +113,11 @@ class RayExecutor(Executor):
 
     def _ranks(self, ray, config: EngineConfig, replica: int) -> list[ParallelRank]:
         """Local ranks count the actors on each node (replica-major, as the replicas are
-        alike); the rendezvous is on rank 0's node."""
+        alike); the rendezvous is this process's, on its node's address (it may be another
+        node than the ranks')."""
         nodes = ray.get([a.node.remote() for a in self.actors])
-        init_method = f"tcp://{nodes[0][1]}:{ray.get(self.actors[0].free_port.remote())}"
+        self.rendezvous = Rendezvous(ray.util.get_node_ip_address())
+        init_method = self.rendezvous.init_method
         ranks = []
         for r, (node_id, _) in enumerate(nodes):
             on_node = [i for i, (n, _) in enumerate(nodes) if n == node_id]
@@ -178,6 +180,7 @@ class RayExecutor(Executor):
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         ray.util.remove_placement_group(self.placement)
+        self.rendezvous.close()
 
 
 def _watch(executor_ref: weakref.ref, actors: list) -> None:
