@@ -3,9 +3,10 @@
 One bundle per rank (`Backend.ray_resource`), packed onto as few nodes as the cluster
 allows: the ranks of an engine may span the nodes of an existing cluster (`ray start --head`
 on one, `ray start --address` on the others; the engine joins it through RAY_ADDRESS or the
-cluster last started on this machine, or starts a local one). Rank 0's node hosts the
-torch.distributed rendezvous. Calls are actor tasks, which one actor runs in the order they
-were sent; the step is put in the object store once for every rank.
+cluster last started on this machine, or starts a local one). The engine's process hosts
+the torch.distributed rendezvous, on its node's address. Calls are actor tasks, which one
+actor runs in the order they were sent; the step is put in the object store once for every
+rank.
 
 A dead actor fails the tasks sent to it (RayActorError): the engine waits on every rank's
 tasks, so a death ends the wait, and a watcher pings the actors while the engine is idle.
