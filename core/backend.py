@@ -25,6 +25,11 @@ forward passes at static shapes (`Backend.step_graphs`: captured graphs, shapes 
 just in time or ahead of time) and may sample their own way (`Backend.step_sampler`: a
 `StepSampler` subclass, e.g. at static shapes). Backends with their own graph runtime
 implement `Worker` themselves and can still use the core's sampler (`StepSampler`).
+
+Versions: 4.0 the plain-data step, two-phase workers, typed options, static shapes; 4.1 (below)
+adds, among others, tensor parallelism: a backend with a `distributed_backend` runs one worker
+per rank (`create_worker(config, rank)`, `ParallelRank`), its ranks talking through the
+`Communicator` that `Backend.communicator` supplies.
 """
 from __future__ import annotations
 
@@ -60,6 +65,9 @@ CONTRACT_VERSION = "4.1"
 #   - Availability.auto (False: `--device auto` never picks the backend, e.g. a testing mode);
 #   - pad_inputs pads logits_indices to shape.num_reqs entries;
 #   - TorchWorker.kv_memory_budget (TorchWorker.num_kv_blocks sizes the cache from it).
+#   - tensor parallelism: ParallelRank, Communicator (TorchCommunicator exported),
+#     Backend.distributed_backend, Backend.ray_resource, Backend.communicator, and the `rank`
+#     argument of Backend.create_worker and TorchWorker.
 ENTRY_POINT_GROUP = "octavo.backends"
 
 
@@ -300,6 +308,54 @@ class StepGraphs(ABC):
         device that runs lazily starts the step here, without waiting for it."""
 
 
+# ----------------------------------------------------------------------------- tensor parallelism (4.1)
+
+
+@dataclass(frozen=True, slots=True)
+class ParallelRank:
+    """One worker's place among the processes of an engine.
+
+    `rank` of `world_size` is its tensor-parallel rank: which shard of the weights it holds
+    and who it talks to (`init_method` is the ranks' torch.distributed rendezvous,
+    tcp://host:port). `local_rank` of `local_world_size` counts every worker process on this
+    node, those of the other data-parallel replicas included: the backend picks the device
+    (the local_rank-th accelerator) or the cores (its share of the CPU) from it.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    init_method: str
+
+
+class Communicator(ABC):
+    """Collectives among the tensor-parallel ranks of one engine, one per worker; the core's
+    parallel layers call them (all-reduce after row-parallel linears and the vocab-parallel
+    embedding, gather of the vocab-parallel logits). Every rank calls the same collectives
+    in the same order."""
+
+    def __init__(self, rank: int, world_size: int):
+        self.rank = rank
+        self.world_size = world_size
+
+    @abstractmethod
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """The elementwise sum of every rank's x (may reuse x's memory)."""
+
+    @abstractmethod
+    def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """Every rank's x, concatenated along `dim` in rank order."""
+
+    def gather(self, x: torch.Tensor, dim: int = -1, dst: int = 0) -> torch.Tensor | None:
+        """As all_gather, on rank `dst` only (None on the others)."""
+        out = self.all_gather(x, dim)
+        return out if self.rank == dst else None
+
+    def shutdown(self) -> None:
+        """Leave the group."""
+
+
 # ----------------------------------------------------------------------------- worker
 
 
@@ -360,6 +416,12 @@ class Backend(ABC):
     # Since 4.1. False: the worker never has logits of prompt positions (the engine rejects
     # requests for prompt logprobs at admission).
     prompt_logprobs: ClassVar[bool] = True
+    # The torch.distributed backend its tensor-parallel ranks talk through ("gloo", "nccl"; 4.1).
+    # None: the device runs one rank per engine (no --tensor-parallel-size above 1).
+    distributed_backend: ClassVar[str | None] = None
+    # The Ray resource one worker process takes ("GPU" for the GPU backends; 4.1), for
+    # --distributed-executor-backend ray.
+    ray_resource: ClassVar[str] = "CPU"
 
     def __init__(self, options: BackendOptions | None = None):
         self.options = options if options is not None else self.options_class()
@@ -395,7 +457,11 @@ class Backend(ABC):
         self.options.validate(config)
 
     @abstractmethod
-    def create_worker(self, config: EngineConfig) -> Worker: ...
+    def create_worker(self, config: EngineConfig, rank: ParallelRank | None = None) -> Worker:
+        """The worker of one engine process. `rank` (4.1) comes only to backends with a
+        `distributed_backend`, in engines of more than one worker process (tensor or data
+        parallel; each process calls this once): the worker holds that rank's shard, on the
+        device or cores `rank.local_rank` picks. None: the engine's only worker."""
 
     # Optional hooks. The defaults are the core's device-neutral torch code.
 
@@ -425,6 +491,13 @@ class Backend(ABC):
         from octavo.sample.step_sampler import StepSampler
 
         return StepSampler(self.sampler_ops(), device)
+
+    def communicator(self, rank: ParallelRank, device: torch.device) -> Communicator:
+        """This rank's collectives (4.1): torch.distributed over `distributed_backend` by
+        default; override with the device's own (a shared-memory all-reduce, a vendor library)."""
+        from octavo.distributed import TorchCommunicator
+
+        return TorchCommunicator(self.distributed_backend, rank, device)
 
 
 # ----------------------------------------------------------------------------- the surface
@@ -462,6 +535,7 @@ _LAZY = {
     "rope_inv_freq": "octavo.models.layers",
     "prompt_logprobs": "octavo.sample.step_sampler",
     "num_blocks_for_memory": "octavo.kv_cache",
+    "TorchCommunicator": "octavo.distributed",
 }
 
 
@@ -485,6 +559,8 @@ __all__ = [
     "ModelRunnerOutput",
     # attention and static shapes
     "AttentionSpec", "BatchLayout", "AttentionBackend", "ForwardFn", "StepShape", "StepGraphs",
+    # tensor parallelism
+    "ParallelRank", "Communicator",
     # core pieces (loaded on first use)
     *_LAZY,
 ]

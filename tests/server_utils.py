@@ -172,7 +172,8 @@ def octavo_serve(args: list[str], port: int, env: dict | None = None, timeout: f
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "octavo serve did not come up"
+            assert time.monotonic() < deadline, \
+                f"octavo serve did not come up in {timeout:.0f} s:\n{proc.output()[-3000:]}"
             time.sleep(0.25)
         proc.url = url
         yield proc

@@ -20,8 +20,9 @@ from octavo.sample.ops import SamplerOps
 from octavo.sample.sampler import Sampler, gather_logprobs
 from octavo.worker.states import RequestState
 
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]
-"""The model's logits: hidden states [N, hidden] -> fp32 logits [N, V]."""
+LogitsFn = Callable[[torch.Tensor], torch.Tensor | None]
+"""The model's logits: hidden states [N, hidden] -> fp32 logits [N, V]; None on a
+tensor-parallel rank other than 0, which holds no logits and samples nothing."""
 
 DummyStepFn = Callable[[StepShape], tuple[torch.Tensor, torch.Tensor]]
 """In warm-up: the hidden states and logits indices of a dummy step run at a static shape."""
@@ -82,8 +83,9 @@ class StepSampler:
         hidden[logits_indices[i]]; entries past len(rows) pad a static shape (token 0). The
         core computes the logits of the real rows only.
         """
-        index = logits_indices[:len(rows)].to(self.device)
-        self.sample(reqs, rows, compute_logits(hidden[index]), grammar, out)
+        logits = compute_logits(hidden[logits_indices[:len(rows)].to(self.device)])
+        if logits is not None:  # None: a tensor-parallel rank other than 0 (rank 0 samples)
+            self.sample(reqs, rows, logits, grammar, out)
 
     def prompt_logprobs(self, chunks: list[PromptChunk], hidden: torch.Tensor, compute_logits: LogitsFn,
                         out: ModelRunnerOutput) -> None:
@@ -91,7 +93,8 @@ class StepSampler:
         `sample_hidden`)."""
         for c in chunks:
             logits = compute_logits(hidden[c.first:c.first + len(c.targets)])
-            out.prompt_logprobs[c.request_id] = prompt_logprobs(logits, c.targets, c.k)
+            if logits is not None:
+                out.prompt_logprobs[c.request_id] = prompt_logprobs(logits, c.targets, c.k)
 
     def warm_up(self, shapes: list[StepShape], step_for: DummyStepFn, compute_logits: LogitsFn) -> list[WarmUpTask]:
         """What to precompile, run in order after the forward pass of every static shape

@@ -5,6 +5,8 @@ and launches the forward pass (eagerly, or padded to a captured shape when the b
 `StepGraphs`); `sample_tokens` then hands the step's hidden states to the backend's
 `StepSampler` (prompt logprobs, then the rows that sample). `warm_up` captures every static
 shape, then runs what the sampler precompiles, under one progress bar.
+In a tensor-parallel engine every rank runs both phases (the logits are gathered) and only
+rank 0, which gets the logits, samples.
 """
 from __future__ import annotations
 

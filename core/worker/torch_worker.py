@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from octavo.backend import (AttentionBackend, Backend, EngineConfig, GrammarBitmask, ModelConfig,
-                            ModelRunnerOutput, SchedulerOutput, Worker)
+from octavo.backend import (AttentionBackend, Backend, Communicator, EngineConfig, GrammarBitmask, ModelConfig,
+                            ModelRunnerOutput, ParallelRank, SchedulerOutput, Worker)
+from octavo.distributed import SingleRank
 from octavo.kv_cache import num_blocks_for_memory
 from octavo.loader import load_model
 from octavo.models.layers import Attention
@@ -12,29 +13,38 @@ from octavo.worker.model_runner import ModelRunner
 
 
 class TorchWorker(Worker):
-    """The backend's hooks supply the attention, the fused layer ops, the step's sampler and
-    static-shape graphs. Subclasses say how much memory the KV cache may take when the user
-    did not (`kv_memory_budget`), or size it themselves (`num_kv_blocks`)."""
+    """The backend's hooks supply the attention, the fused layer ops, the step's sampler,
+    static-shape graphs and, for one rank of a tensor-parallel engine (`rank`), the
+    communicator: the worker then holds that rank's shard of the model, its heads' KV cache,
+    and only rank 0 samples. Subclasses say how much memory the KV cache may take when the
+    user did not (`kv_memory_budget`), or size it themselves (`num_kv_blocks`)."""
 
     def __init__(self, config: EngineConfig, backend: Backend, device: torch.device,
-                 attention: AttentionBackend):
+                 attention: AttentionBackend, rank: ParallelRank | None = None):
         self.config = config
         self.backend = backend
         self.device = device
         self.attention = attention
+        self.rank = rank
+        self.comm: Communicator = SingleRank()
         self.model = None
         self.model_config: ModelConfig | None = None
         self.runner: ModelRunner | None = None
 
     def load_model(self) -> ModelConfig:
-        self.model, self.model_config = load_model(self.config, self.device, self.backend.layer_ops())
+        if self.rank is not None and self.rank.world_size > 1:
+            self.comm = self.backend.communicator(self.rank, self.device)
+        self.model, self.model_config = load_model(self.config, self.device, self.backend.layer_ops(), self.comm)
         return self.model_config
 
     def kv_cache_dtype(self) -> torch.dtype:
         return self.model_config.dtype
 
     def kv_bytes_per_block(self, block_size: int) -> int:
-        return self.model_config.kv_bytes_per_block(block_size, self.kv_cache_dtype())
+        """K and V of one block over this worker's attention layers (its heads only)."""
+        elem = torch.empty((), dtype=self.kv_cache_dtype()).element_size()
+        return sum(2 * block_size * m.spec.num_kv_heads * m.spec.head_dim * elem
+                   for m in self.model.modules() if isinstance(m, Attention))
 
     def kv_memory_budget(self) -> int:
         """Bytes the KV cache may take when `kv_cache_memory` is not set."""
@@ -69,3 +79,4 @@ class TorchWorker(Worker):
     def shutdown(self) -> None:
         self.runner = None
         self.model = None
+        self.comm.shutdown()

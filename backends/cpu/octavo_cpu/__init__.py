@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from octavo.backend import (Availability, Backend, BackendOptions, ConfigError, EngineConfig, LayerOps, Worker,
-                            option)
+from octavo.backend import (Availability, Backend, BackendOptions, ConfigError, EngineConfig, LayerOps,
+                            ParallelRank, Worker, option)
 
 __all__ = ["CpuBackend", "CpuOptions"]
 
@@ -30,20 +30,29 @@ def cpu_has_bf16() -> bool:
 
 @dataclass
 class CpuOptions(BackendOptions):
-    num_threads: int | None = option(None, "threads for compute (torch's intra-op threads; None: all cores)")
+    num_threads: int | None = option(None, "threads for compute (torch's intra-op threads; None: all cores, "
+                                           "or each worker's share of them)")
+    cpu_omp_threads_bind: str = option(
+        "auto", "cores of each worker process of a tensor/data-parallel engine, as vLLM's "
+                "VLLM_CPU_OMP_THREADS_BIND: auto (equal, disjoint shares), all (no binding) or lists "
+                "per local rank like 0-3|4-7")
 
     def validate(self, config: EngineConfig) -> None:
+        from octavo_cpu.affinity import check_bind
+
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"--num-threads must be at least 1, got {self.num_threads}")
+        check_bind(self.cpu_omp_threads_bind)
 
 
 class CpuBackend(Backend):
     name = "cpu"
-    contract_version = "4.1"  # num_blocks_for_memory
+    contract_version = "4.1"
     priority = 0
     options_class = CpuOptions
     supported_dtypes = (torch.float32, torch.bfloat16, torch.float16)
     default_block_size = 16
+    distributed_backend = "gloo"
 
     @classmethod
     def availability(cls) -> Availability:
@@ -61,9 +70,9 @@ class CpuBackend(Backend):
 
         return CpuLayerOps(native())
 
-    def create_worker(self, config: EngineConfig) -> Worker:
+    def create_worker(self, config: EngineConfig, rank: ParallelRank | None = None) -> Worker:
         from octavo_cpu.attention import TorchPagedAttention
         from octavo_cpu.kernels import native
         from octavo_cpu.worker import CpuWorker
 
-        return CpuWorker(config, self, torch.device("cpu"), TorchPagedAttention(native()))
+        return CpuWorker(config, self, torch.device("cpu"), TorchPagedAttention(native()), rank)
