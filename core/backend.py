@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from octavo.sample.ops import SamplerOps
     from octavo.sampling_params import SamplingParams
 
-CONTRACT_VERSION = 3  # 2: SchedulerOutput.grammar; 3: Backend.layer_ops
+CONTRACT_VERSION = 3  # 2: SchedulerOutput.grammar; 3: Backend.layer_ops; QuantizedTensor, Backend.quantized_types
 ENTRY_POINT_GROUP = "octavo.backends"
 
 
@@ -174,6 +174,36 @@ class AttentionBackend(ABC):
         """
 
 
+# ----------------------------------------------------------------------------- weights
+
+
+@dataclass(slots=True)
+class QuantizedTensor:
+    """A linear layer's weight kept in a GGUF block format, for backends that multiply such
+    weights as they are (`Backend.quantized_types`): the file's bytes, one row of blocks per
+    output feature.
+
+    The loader attaches these to the model's linears (`nn.Linear`, `MergedLinear`) as
+    `module.quantized_weights`, one entry per shard (q/k/v, gate/up; a plain Linear has one);
+    None marks a shard whose type the backend does not take, loaded dense into its rows of
+    `module.weight` as usual. The other rows of `weight` are left unfilled: the backend
+    replaces such modules with its own before the first step (the core never runs a linear
+    that has `quantized_weights`). A Q4_K_M file mixes types, so one merged linear may too.
+    """
+
+    qtype: str  # GGUF type name, e.g. "Q4_K"
+    data: torch.Tensor  # uint8 [out_features, bytes per row]
+    shape: tuple[int, int]  # the dense weight's [out_features, in_features]
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        """The dense weight (the `gguf` package's dequantization: the reference)."""
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        values = dequantize(self.data.numpy(), GGMLQuantizationType[self.qtype])
+        return torch.from_numpy(values).reshape(self.shape).to(dtype)
+
+
 # ----------------------------------------------------------------------------- worker
 
 
@@ -213,6 +243,9 @@ class Backend(ABC):
     supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32,)
     kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
     quantizations: ClassVar[tuple[str, ...]] = ()  # executed natively (GGUF dequantizes at load)
+    # GGUF tensor types whose linears the backend multiplies as they are (QuantizedTensor);
+    # others dequantize to the model's dtype at load.
+    quantized_types: ClassVar[frozenset[str]] = frozenset()
     default_block_size: ClassVar[int] = 16
     supported_block_sizes: ClassVar[tuple[int, ...] | None] = None  # None: any positive size
 

@@ -57,8 +57,10 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def load_model(config: EngineConfig, device: torch.device, ops: LayerOps) -> tuple[nn.Module, ModelConfig]:
-    """Build the model on `device`, its norms and rotary embeddings computing with `ops`."""
+def load_model(config: EngineConfig, device: torch.device, ops: LayerOps,
+               quantized_types: frozenset[str] = frozenset()) -> tuple[nn.Module, ModelConfig]:
+    """Build the model on `device`, its norms and rotary embeddings computing with `ops`;
+    GGUF linears of `quantized_types` keep their blocks (octavo.backend.QuantizedTensor)."""
     path = resolve_model_path(config.model)
     hf_config = load_hf_config(path)
     arch, cls = model_class(hf_config)
@@ -69,7 +71,7 @@ def load_model(config: EngineConfig, device: torch.device, ops: LayerOps) -> tup
                           f"max_position_embeddings {max_positions}")
     with _default_dtype(config.dtype), torch.device(device):
         model = cls(hf_config, max_positions, ops)
-    weights = (gguf.iter_gguf_tensors(path, hf_config, config.dtype) if gguf.is_gguf(path)
+    weights = (gguf.iter_gguf_tensors(path, hf_config, config.dtype, quantized_types) if gguf.is_gguf(path)
                else iter_safetensors(path))
     load_weights(model, weights, hf_config.tie_word_embeddings)
     model.eval().requires_grad_(False)

@@ -1,9 +1,10 @@
 """Octavo's own GGUF loader.
 
 Config and tokenizer come from transformers (the correctness reference); tensors are read
-with the `gguf` package one at a time, dequantized, renamed to HF transformers' parameter
-names, with llama.cpp's conversion fixups undone, so a model never sits twice in memory.
-The names and fixups follow transformers/modeling_gguf_pytorch_utils.py.
+with the `gguf` package one at a time, renamed to HF transformers' parameter names, with
+llama.cpp's conversion fixups undone, so a model never sits twice in memory. Tensors whose
+GGUF type the backend multiplies natively stay in their blocks (`QuantizedTensor`); the
+rest are dequantized. The names and fixups follow transformers/modeling_gguf_pytorch_utils.py.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import os
 import re
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import transformers
 from gguf import GGUFReader
 from gguf.quants import dequantize
+from tqdm import tqdm
+
+from octavo.backend import QuantizedTensor
 
 _DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -115,9 +120,11 @@ def _unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def iter_gguf_tensors(
-    path: str, config: transformers.PretrainedConfig, dtype: torch.dtype
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (HF parameter name, dequantized tensor in `dtype`, HF layout), one tensor at a time.
+    path: str, config: transformers.PretrainedConfig, dtype: torch.dtype, quantized_types: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
+    """Yield (HF parameter name, tensor in HF layout), one tensor at a time: a QuantizedTensor
+    for a 2-D tensor whose GGUF type is in `quantized_types`, else the values dequantized to
+    `dtype`.
 
     `lm_head.weight` is yielded only when the GGUF has its own output tensor and the config
     is untied.
@@ -129,18 +136,29 @@ def iter_gguf_tensors(
         supported = ", ".join(_LAYER_NAMES)
         raise ValueError(f"GGUF architecture {arch!r} is not supported (supported: {supported})")
     skipped = _SKIPPED | ({"output.weight"} if config.tie_word_embeddings else set())
-    for tensor in reader.tensors:
-        if tensor.name in skipped:
-            continue
+    tensors = [t for t in reader.tensors if t.name not in skipped]
+    for tensor in tqdm(tensors, desc="loading GGUF tensors", unit="tensor", leave=False, delay=2):
         name = _hf_name(arch, tensor.name)
-        # float32; for F32 tensors a read-only view of the memory-mapped file, hence the copy
-        weights = dequantize(tensor.data, tensor.tensor_type)
-        t = torch.from_numpy(weights if weights.flags.writeable else weights.copy())
+        keep = tensor.tensor_type.name in quantized_types and len(tensor.shape) == 2
+        if keep:  # the file's rows of blocks, copied out of the read-only map
+            rows = torch.from_numpy(np.array(tensor.data))
+            t = QuantizedTensor(tensor.tensor_type.name, rows, (rows.shape[0], int(tensor.shape[0])))
+        else:  # float32; for F32 tensors a read-only view of the memory-mapped file, hence the copy
+            weights = dequantize(tensor.data, tensor.tensor_type)
+            t = torch.from_numpy(weights if weights.flags.writeable else weights.copy())
         if arch == "llama" and ".attn_q." in tensor.name:
-            t = _unpermute(t, config.num_attention_heads)
+            t = _unpermute_rows(t, config.num_attention_heads)
         elif arch == "llama" and ".attn_k." in tensor.name:
-            t = _unpermute(t, config.num_key_value_heads)
+            t = _unpermute_rows(t, config.num_key_value_heads)
         elif arch == "gemma3" and tensor.name.endswith("norm.weight"):
             # llama.cpp stores Gemma's RMSNorm weights as w + 1; HF's Gemma3RMSNorm adds the 1.
             t = t - 1
-        yield name, t.to(dtype)
+        yield name, t if keep else t.to(dtype)
+
+
+def _unpermute_rows(t: torch.Tensor | QuantizedTensor, n_head: int) -> torch.Tensor | QuantizedTensor:
+    """`_unpermute` for dense tensors, or on a quantized weight's rows of blocks."""
+    if isinstance(t, QuantizedTensor):
+        return QuantizedTensor(t.qtype, _unpermute(t.data, n_head), t.shape)
+    return _unpermute(t, n_head)
+

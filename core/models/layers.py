@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from octavo.backend import AttentionBackend, AttentionSpec
+from octavo.backend import AttentionBackend, AttentionSpec, QuantizedTensor
 from octavo.models.ops import ACTIVATIONS, LayerOps, Rope
 
 
@@ -123,7 +123,12 @@ PACKED_MODULES = {
 
 
 def load_weights(model: nn.Module, weights, tie_word_embeddings: bool) -> None:
-    """Copy HF-named tensors into the model, packing q/k/v and gate/up on the way."""
+    """Copy HF-named tensors into the model, packing q/k/v and gate/up on the way.
+
+    A QuantizedTensor aimed at a linear's weight is attached to the linear instead
+    (`quantized_weights`, see octavo.backend.QuantizedTensor; a tied embedding's goes to the
+    lm_head too); aimed anywhere else (an embedding) it is dequantized.
+    """
     params = dict(model.named_parameters())
     loaded = set()
     for name, tensor in weights:
@@ -131,17 +136,34 @@ def load_weights(model: nn.Module, weights, tie_word_embeddings: bool) -> None:
             continue
         module_name, _, param_name = name.rpartition(".")
         parent, _, leaf = module_name.rpartition(".")
+        shard = None
         if leaf in PACKED_MODULES:
             packed, shard = PACKED_MODULES[leaf]
-            target = f"{parent}.{packed}.{param_name}"
-            module = model.get_submodule(f"{parent}.{packed}")
+            module_name = f"{parent}.{packed}"
+        target = f"{module_name}.{param_name}"
+        if target not in params:
+            raise KeyError(f"checkpoint tensor {name!r} has no place in {type(model).__name__}")
+        module = model.get_submodule(module_name)
+        if isinstance(tensor, QuantizedTensor):
+            if isinstance(module, nn.Linear) and param_name == "weight":
+                _attach_quantized(module, shard or 0, tensor)
+                loaded.add(target)
+                continue
+            if tie_word_embeddings and target == "model.embed_tokens.weight":
+                _attach_quantized(model.lm_head, 0, tensor)
+            tensor = tensor.dequantize(params[target].dtype)
+        if shard is not None:
             module.load_shard(param_name, shard, tensor)
         else:
-            target = name
-            if target not in params:
-                raise KeyError(f"checkpoint tensor {name!r} has no place in {type(model).__name__}")
             params[target].data.copy_(tensor)
         loaded.add(target)
     missing = set(params) - loaded - ({"lm_head.weight"} if tie_word_embeddings else set())
     if missing:
         raise ValueError(f"checkpoint lacks {sorted(missing)[:5]} ({len(missing)} tensors)")
+
+
+def _attach_quantized(module: nn.Linear, shard: int, tensor: QuantizedTensor) -> None:
+    """Record a shard's quantized weight; shards left None stay in `module.weight`."""
+    if getattr(module, "quantized_weights", None) is None:
+        module.quantized_weights = [None] * len(getattr(module, "output_sizes", [0]))
+    module.quantized_weights[shard] = tensor

@@ -27,7 +27,8 @@ class TorchWorker(Worker):
         self.runner: ModelRunner | None = None
 
     def load_model(self) -> ModelConfig:
-        self.model, self.model_config = load_model(self.config, self.device, self.backend.layer_ops())
+        self.model, self.model_config = load_model(self.config, self.device, self.backend.layer_ops(),
+                                                   self.backend.quantized_types)
         return self.model_config
 
     def kv_cache_dtype(self) -> torch.dtype:

@@ -1,5 +1,6 @@
-"""Octavo's CPU backend: torch with oneDNN matmuls and C++ AVX-512 kernels (attention over the
-paged cache, fused layer ops); bf16 where the CPU has native bf16, fp32 elsewhere."""
+"""Octavo's CPU backend: torch with oneDNN matmuls and C++ kernels (attention over the paged
+cache and fused layer ops on AVX-512; GGUF quantized linears on AVX2 and up); bf16 where the
+CPU has native bf16, fp32 elsewhere."""
 from __future__ import annotations
 
 import functools
@@ -41,18 +42,26 @@ class CpuBackend(Backend):
     def default_dtype(self) -> torch.dtype:
         return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
-    def layer_ops(self) -> LayerOps:
-        from octavo_cpu.kernels import native
+    @property
+    def quantized_types(self) -> frozenset[str]:
+        """The GGUF types the quantized kernels read, where this CPU runs them."""
+        from octavo_cpu.kernels import quantized
+        from octavo_cpu.quant import QUANTIZED_TYPES
 
-        if native() is None:
+        return QUANTIZED_TYPES if quantized() is not None else frozenset()
+
+    def layer_ops(self) -> LayerOps:
+        from octavo_cpu.kernels import avx512
+
+        if avx512() is None:
             return LayerOps()
         from octavo_cpu.layer_ops import CpuLayerOps
 
-        return CpuLayerOps(native())
+        return CpuLayerOps(avx512())
 
     def create_worker(self, config: EngineConfig) -> Worker:
         from octavo_cpu.attention import TorchPagedAttention
-        from octavo_cpu.kernels import native
+        from octavo_cpu.kernels import avx512
         from octavo_cpu.worker import CpuWorker
 
-        return CpuWorker(config, self, torch.device("cpu"), TorchPagedAttention(native()))
+        return CpuWorker(config, self, torch.device("cpu"), TorchPagedAttention(avx512()))

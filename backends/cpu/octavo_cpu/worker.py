@@ -1,5 +1,6 @@
 """CPU worker: the core's torch worker, with KV memory from `kv_cache_memory`, a thread count,
-pre-packed linear weights and a malloc that keeps freed memory."""
+GGUF-quantized linears kept in their blocks, pre-packed dense linear weights and a malloc
+that keeps freed memory."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +8,9 @@ import torch
 from octavo.config import ConfigError, ModelConfig
 from octavo.worker import TorchWorker
 from octavo_cpu.allocator import keep_freed_memory
+from octavo_cpu.kernels import quantized
 from octavo_cpu.linear import pack_linears
+from octavo_cpu.quant import quantize_linears
 
 DEFAULT_KV_CACHE_MEMORY = 4 << 30  # bytes, as vLLM's VLLM_CPU_KVCACHE_SPACE default
 
@@ -18,6 +21,8 @@ class CpuWorker(TorchWorker):
             torch.set_num_threads(self.config.num_threads)
         keep_freed_memory()
         model_config = super().load_model()
+        if self.backend.quantized_types:
+            quantize_linears(self.model, quantized())
         pack_linears(self.model, self.config.max_num_seqs)
         return model_config
 
