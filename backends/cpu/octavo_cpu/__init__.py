@@ -4,6 +4,7 @@ CPU has native bf16, fp32 elsewhere."""
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -44,11 +45,14 @@ class CpuBackend(Backend):
 
     @property
     def quantized_types(self) -> frozenset[str]:
-        """The GGUF types the quantized kernels read, where this CPU runs them."""
+        """The GGUF types the quantized kernels read, where this CPU runs them;
+        OCTAVO_CPU_QUANTIZED=0 dequantizes every GGUF at load instead (the HF reference's math)."""
         from octavo_cpu.kernels import quantized
         from octavo_cpu.quant import QUANTIZED_TYPES
 
-        return QUANTIZED_TYPES if quantized() is not None else frozenset()
+        if os.environ.get("OCTAVO_CPU_QUANTIZED", "1") == "0" or quantized() is None:
+            return frozenset()
+        return QUANTIZED_TYPES
 
     def layer_ops(self) -> LayerOps:
         from octavo_cpu.kernels import avx512
