@@ -9,7 +9,7 @@ import os
 import torch
 
 from octavo.backend import Availability, Backend, Worker
-from octavo.config import EngineConfig
+from octavo.config import ConfigError, EngineConfig
 from octavo.models.ops import LayerOps
 
 __all__ = ["CpuBackend"]
@@ -53,6 +53,17 @@ class CpuBackend(Backend):
         if os.environ.get("OCTAVO_CPU_QUANTIZED", "1") == "0" or quantized() is None:
             return frozenset()
         return QUANTIZED_TYPES
+
+    def check_and_update_config(self, config: EngineConfig) -> None:
+        super().check_and_update_config(config)
+        from octavo_cpu.quant import SCHEMES
+
+        scheme = config.extra.get("quantization")
+        if scheme is not None and scheme not in SCHEMES:
+            raise ConfigError(f"quantization {scheme!r} is not one of {sorted(SCHEMES)}")
+        if scheme is not None and not self.quantized_types:
+            raise ConfigError("quantization needs the CPU backend's quantized kernels (x86-64 with AVX2, built by "
+                              "pip), and OCTAVO_CPU_QUANTIZED not 0")
 
     def layer_ops(self) -> LayerOps:
         from octavo_cpu.kernels import avx512

@@ -80,3 +80,30 @@ def quantize_linears(model: nn.Module, kernels) -> int:
         setattr(parent, name, QuantLinear(quantized_parts(child), child.bias, kernels))
     return len(swaps)
 
+
+
+# Weight-only quantization of dense checkpoints at load: the scheme -> the GGUF format made.
+# int8: 32 weights per fp16 scale (Q8_0); int4 group-wise: 32 weights per fp16 scale and min (Q4_1).
+SCHEMES = {"int8": "Q8_0", "int4": "Q4_1"}
+
+
+def quantize_weight(weight: torch.Tensor, qtype: str) -> QuantizedTensor:
+    """A dense [out, in] weight in a GGUF format (the `gguf` package's quantizer)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    data = quantize(weight.detach().float().numpy(), GGMLQuantizationType[qtype])
+    return QuantizedTensor(qtype, torch.from_numpy(data), (weight.shape[0], weight.shape[1]))
+
+
+def quantize_dense_linears(model: nn.Module, scheme: str) -> int:
+    """Give every dense linear (in_features a multiple of 32) quantized weights, shard by
+    shard, for `quantize_linears` to swap; returns how many."""
+    from tqdm import tqdm
+
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.in_features % 32 == 0
+               and getattr(m, "quantized_weights", None) is None]
+    for linear in tqdm(linears, desc=f"quantizing linears to {scheme}", unit="layer", leave=False, delay=2):
+        shards = linear.weight.split(getattr(linear, "output_sizes", [linear.out_features]))
+        linear.quantized_weights = [quantize_weight(shard, SCHEMES[scheme]) for shard in shards]
+    return len(linears)

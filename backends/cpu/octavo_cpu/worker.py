@@ -10,7 +10,7 @@ from octavo.worker import TorchWorker
 from octavo_cpu.allocator import keep_freed_memory
 from octavo_cpu.kernels import quantized
 from octavo_cpu.linear import pack_linears
-from octavo_cpu.quant import quantize_linears
+from octavo_cpu.quant import quantize_dense_linears, quantize_linears
 
 DEFAULT_KV_CACHE_MEMORY = 4 << 30  # bytes, as vLLM's VLLM_CPU_KVCACHE_SPACE default
 
@@ -21,6 +21,9 @@ class CpuWorker(TorchWorker):
             torch.set_num_threads(self.config.num_threads)
         keep_freed_memory()
         model_config = super().load_model()
+        scheme = self.config.extra.get("quantization")
+        if scheme is not None:
+            quantize_dense_linears(self.model, scheme)
         if self.backend.quantized_types:
             quantize_linears(self.model, quantized())
         pack_linears(self.model, self.config.max_num_seqs)
