@@ -42,8 +42,13 @@ class TorchWorker(Worker):
             if isinstance(module, Attention):
                 shape = self.attention.kv_cache_shape(num_blocks, block_size, module.spec.num_kv_heads,
                                                       module.spec.head_dim)
-                module.kv_cache = torch.zeros(shape, dtype=self.kv_cache_dtype(), device=self.device)
+                module.kv_cache = self.new_kv_cache(shape)
         self.runner = self.runner_class(self.model, self.attention, self.device, self.backend.sampler_ops())
+
+    def new_kv_cache(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """One layer's cache, zeroed; a backend whose kernels never read a slot before writing
+        it may skip the fill (on the CPU, zeroing gigabytes of cache slows every start)."""
+        return torch.zeros(shape, dtype=self.kv_cache_dtype(), device=self.device)
 
     def execute(self, batch: SchedulerOutput) -> ModelRunnerOutput:
         return self.runner.execute(batch)

@@ -29,6 +29,12 @@ class CpuWorker(TorchWorker):
         pack_linears(self.model, self.config.max_num_seqs)
         return model_config
 
+    def new_kv_cache(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Not zeroed: the pages fault in as blocks are first written, instead of all at start
+        (4 GiB by default); attention never reads a slot before its sequence wrote it, and
+        masks a reused block's stale slots (test_cpu_attention.py: the stale-NaN case)."""
+        return torch.empty(shape, dtype=self.kv_cache_dtype(), device=self.device)
+
     def num_kv_blocks(self, block_size: int) -> int:
         per_block = self.kv_bytes_per_block(block_size)
         memory = self.config.kv_cache_memory
