@@ -31,15 +31,21 @@ class QuantLinear(nn.Module):
         self.kernels = kernels
         self.in_features = parts[0].shape[1]
         self.out_features = sum(part.shape[0] for part in parts)
-        # (first row, end row, ggml type or -1 for dense, tensor): a plain list, read every step
+        # (first row, end row, ggml type or -1 for dense, tensor): a plain list, read every step.
+        # Neighbouring shards of one type are one part: one kernel call for all of q/k/v.
         self.parts: list[tuple[int, int, int, torch.Tensor]] = []
         start = 0
-        for i, part in enumerate(parts):
-            quantized = isinstance(part, QuantizedTensor)
-            tensor = part.data if quantized else part
+        for part in parts:
+            ggml_type = GGML_TYPES[part.qtype] if isinstance(part, QuantizedTensor) else -1
+            tensor = part.data if ggml_type >= 0 else part
+            if self.parts and self.parts[-1][2] == ggml_type:
+                first, _, _, previous = self.parts.pop()
+                tensor = torch.cat([previous, tensor])
+                start = first
+            self.parts.append((start, start + tensor.shape[0], ggml_type, tensor))
+            start += tensor.shape[0]
+        for i, (_, _, _, tensor) in enumerate(self.parts):
             self.register_buffer(f"part{i}", tensor, persistent=False)
-            self.parts.append((start, start + part.shape[0], GGML_TYPES[part.qtype] if quantized else -1, tensor))
-            start += part.shape[0]
         self.bias = bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
