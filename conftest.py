@@ -8,5 +8,18 @@ OCTAVO_TRITON_DEVICE=cuda runs the same kernel tests compiled on the device.
 """
 import os
 
+import pytest
+
 if os.environ.get("OCTAVO_TRITON_DEVICE", "cpu") == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> str:
+    """The embedded default model's GGUF (SmolLM2-135M-Instruct, Q4_1, from PyPI)."""
+    from octavo.loader.gguf import find_default_model
+
+    try:
+        return find_default_model()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))

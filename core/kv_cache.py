@@ -12,7 +12,23 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from octavo.config import ConfigError, EngineConfig
 from octavo.request import Request
+
+
+def num_blocks_for_memory(config: EngineConfig, max_model_len: int, block_size: int, bytes_per_block: int,
+                          default_memory: int) -> int:
+    """KV blocks that `--kv-cache-memory` holds; unset, `default_memory` bytes at most and no more
+    than every sequence at full length could use."""
+    memory = config.kv_cache_memory
+    if memory is None:
+        full = config.max_num_seqs * -(-max_model_len // block_size) * bytes_per_block
+        memory = min(default_memory, full)
+    blocks = memory // bytes_per_block
+    if blocks < 1:
+        raise ConfigError(f"kv_cache_memory {memory} bytes holds no block of {block_size} tokens "
+                          f"({bytes_per_block} bytes each)")
+    return int(blocks)
 
 
 class BlockHash(NamedTuple):
@@ -69,6 +85,11 @@ class BlockPool:
             block.block_hash = block_hash
             self.cached[block_hash] = block
 
+    def uncache(self, block: KVBlock) -> None:
+        if block.block_hash is not None:
+            del self.cached[block.block_hash]
+            block.block_hash = None
+
     def evict_all_cached(self) -> None:
         for block in self.cached.values():
             block.block_hash = None
@@ -97,8 +118,9 @@ class KVCacheManager:
     def usage(self) -> float:
         return 1.0 - self.pool.num_free / self.num_blocks
 
-    def block_ids(self, request_id: str) -> list[int]:
-        return [b.block_id for b in self.req_blocks.get(request_id, ())]
+    def block_ids(self, request_id: str, start: int = 0) -> list[int]:
+        """The request's block ids from its `start`-th block on."""
+        return [b.block_id for b in self.req_blocks.get(request_id, ())[start:]]
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -166,6 +188,16 @@ class KVCacheManager:
             if blocks[i].block_hash is None:
                 self.pool.register(blocks[i], hashes[i])
         self.num_registered[request.request_id] = num_full
+
+    def uncache_uncomputed(self, request: Request) -> None:
+        """Take the request's blocks past its computed tokens out of the prefix cache. They were
+        registered when scheduled, as computed by the end of the step; the step failed, so no
+        later request may hit them."""
+        first = request.num_computed_tokens // self.block_size
+        for block in self.req_blocks.get(request.request_id, [])[first:]:
+            self.pool.uncache(block)
+        if request.request_id in self.num_registered:
+            self.num_registered[request.request_id] = min(self.num_registered[request.request_id], first)
 
     def free(self, request: Request) -> None:
         """Release the request's blocks; the tail goes first so the common prefix stays cached."""

@@ -16,6 +16,7 @@ class RequestStatus(enum.IntEnum):
     FINISHED_STOPPED = 3
     FINISHED_LENGTH = 4
     FINISHED_ABORTED = 5
+    FINISHED_ERROR = 6  # the engine failed on this request (see LLMEngine.step)
 
     @property
     def finished(self) -> bool:
@@ -24,7 +25,7 @@ class RequestStatus(enum.IntEnum):
     @property
     def finish_reason(self) -> str | None:
         return {RequestStatus.FINISHED_STOPPED: "stop", RequestStatus.FINISHED_LENGTH: "length",
-                RequestStatus.FINISHED_ABORTED: "abort"}.get(self)
+                RequestStatus.FINISHED_ABORTED: "abort", RequestStatus.FINISHED_ERROR: "error"}.get(self)
 
 
 @dataclass(slots=True, eq=False)
@@ -43,6 +44,8 @@ class Request:
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     first_scheduled_time: float | None = None
     grammar: GrammarState | None = None  # guided decoding: scheduled once compiled
+    num_sent_tokens: int = 0  # tokens the worker has (0: it has not seen the request)
+    num_sent_blocks: int = 0  # likewise, KV blocks
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

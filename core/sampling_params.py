@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ if TYPE_CHECKING:
     from octavo.structured_output import StructuredOutputParams
 
 _GREEDY_EPS = 1e-5
+SEED_RANGE = (-(2**63), 2**63 - 1)  # what a torch.Generator takes, with room for n > 1 (seed + index)
 
 
 class RequestOutputKind(enum.Enum):
@@ -55,7 +57,8 @@ class SamplingParams:
         _check(self.n >= 1, "n", f"must be at least 1, got {self.n}")
         if self.best_of is not None:
             _check(self.best_of >= self.n, "best_of", f"must be >= n ({self.n}), got {self.best_of}")
-        _check(self.temperature >= 0.0, "temperature", f"must be non-negative, got {self.temperature}")
+        _check(math.isfinite(self.temperature) and self.temperature >= 0.0, "temperature",
+               f"must be finite and non-negative, got {self.temperature}")
         _check(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
         _check(self.top_k >= 0, "top_k", f"must be -1 (off), 0 (off) or positive, got {self.top_k}")
         _check(0.0 <= self.min_p <= 1.0, "min_p", f"must be in [0, 1], got {self.min_p}")
@@ -63,8 +66,13 @@ class SamplingParams:
                f"must be in [-2, 2], got {self.presence_penalty}")
         _check(-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty",
                f"must be in [-2, 2], got {self.frequency_penalty}")
-        _check(self.repetition_penalty > 0.0, "repetition_penalty",
-               f"must be positive, got {self.repetition_penalty}")
+        _check(math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0.0, "repetition_penalty",
+               f"must be finite and positive, got {self.repetition_penalty}")
+        if self.seed is not None:
+            _check(SEED_RANGE[0] <= self.seed and self.seed + self.num_sequences - 1 <= SEED_RANGE[1], "seed",
+                   "must fit a signed 64-bit integer")
+        if self.logit_bias:
+            _check(all(math.isfinite(v) for v in self.logit_bias.values()), "logit_bias", "values must be finite")
         if self.max_tokens is not None:
             _check(self.max_tokens >= 1, "max_tokens", f"must be at least 1, got {self.max_tokens}")
         _check(self.min_tokens >= 0, "min_tokens", f"must be non-negative, got {self.min_tokens}")

@@ -6,19 +6,23 @@ behind, a chunked prefill one that gets only part of its backlog; a prefix-cache
 a request ahead, and a preemption sends it back to zero (recompute). Running requests are
 served first, in arrival order; when blocks run out the newest running request is preempted.
 
+The step goes to the worker as changes: a request the worker has not seen (new, or resumed
+after a preemption) is sent whole once, then each step only its new tokens and blocks.
+Finished ids reach the worker with the next step that runs anything.
+
 Guided decoding (as vLLM's WAITING_FOR_FSM): a waiting request whose grammar is still
-compiling is passed over, keeping its place; each step the scheduler hands the worker the
-grammar bitmask of the requests that sample (filled when the worker asks for it), and
-`update` advances their matchers.
+compiling is passed over, keeping its place; each step `grammar_bitmask` fills the masks of
+the guided requests that sample (while the worker runs the forward pass), and `update`
+advances their matchers. A reasoning model's grammar waits for the end of its think block
+(`StructuredOutputParams.reasoning_end_ids`): no mask until then.
 """
 from __future__ import annotations
 
-import functools
 import time
 from collections import deque
 from dataclasses import dataclass
 
-from octavo.backend import GrammarBitmask, ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from octavo.backend import GrammarBitmask, ModelRunnerOutput, NewRequestData, ScheduledRequest, SchedulerOutput
 from octavo.kv_cache import KVCacheManager
 from octavo.request import Request, RequestStatus
 from octavo.structured_output import StructuredOutputManager
@@ -74,6 +78,14 @@ class Scheduler:
             self._free(request)
             done.append(request)
         return done
+
+    def preempt_requests(self, request_ids) -> None:
+        """Send running requests back to the queue to be recomputed: their step's work is void."""
+        for rid in request_ids:
+            request = self.requests.get(rid)
+            if request is not None and request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+                self._preempt(request)
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -134,41 +146,57 @@ class Scheduler:
             budget -= num_new
         self.waiting.extendleft(reversed(compiling))
 
-        out = SchedulerOutput(
-            requests=[self._describe(r, n) for r, n in scheduled],
-            num_batched_tokens=self.max_num_batched_tokens - budget,
-            block_size=self.kv.block_size,
-            finished_request_ids=self.finished_ids,
-        )
-        self.finished_ids = set()
-        self._constrain(out, [r for r, _ in scheduled])
+        out = SchedulerOutput(new_requests=[], requests=[],
+                              num_batched_tokens=self.max_num_batched_tokens - budget,
+                              block_size=self.kv.block_size)
+        for request, num_new in scheduled:
+            out.requests.append(self._describe(request, num_new, out.new_requests))
+        if scheduled:
+            out.finished_request_ids, self.finished_ids = self.finished_ids, set()
         return out
 
-    def _constrain(self, out: SchedulerOutput, requests: list[Request]) -> None:
-        """The grammar bitmask rows of the guided requests that sample this step (none: no mask)."""
-        rows = [i for i, r in enumerate(requests)
-                if r.grammar is not None and not r.grammar.terminated and out.requests[i].samples]
-        if rows:
-            out.grammar = GrammarBitmask(rows, functools.partial(self.structured_output.bitmask,
-                                                                 [requests[i].grammar for i in rows]))
+    def _describe(self, request: Request, num_new: int, new_requests: list[NewRequestData]) -> ScheduledRequest:
+        """The request's share of the step, as changes since the worker last saw it."""
+        if request.num_sent_tokens == 0:
+            new_requests.append(_whole(request))
+            new_tokens = []
+        else:
+            new_tokens = request.token_ids[request.num_sent_tokens:]
+        request.num_sent_tokens = request.num_tokens
+        new_blocks = self.kv.block_ids(request.request_id, start=request.num_sent_blocks)
+        request.num_sent_blocks += len(new_blocks)
+        return ScheduledRequest(request.request_id, request.num_computed_tokens, num_new, new_tokens, new_blocks,
+                                samples=request.num_computed_tokens + num_new == request.num_tokens)
 
-    def _describe(self, request: Request, num_new: int) -> ScheduledRequest:
-        return ScheduledRequest(
-            request_id=request.request_id,
-            token_ids=request.token_ids,
-            num_prompt_tokens=request.num_prompt_tokens,
-            num_computed_tokens=request.num_computed_tokens,
-            num_new_tokens=num_new,
-            block_ids=self.kv.block_ids(request.request_id),
-            sampling_params=request.sampling_params,
-            eos_token_id=request.eos_token_id,
-            samples=request.num_computed_tokens + num_new == request.num_tokens,
-        )
+    def resend(self, batch: SchedulerOutput, rows: list[int]) -> SchedulerOutput:
+        """The step's requests at `rows`, each sent whole (all its tokens and blocks), to run
+        part of a failed step again: how much of the step the worker had taken in is unknown."""
+        out = SchedulerOutput([], [], 0, self.kv.block_size, set(batch.finished_request_ids))
+        for row in rows:
+            scheduled = batch.requests[row]
+            out.new_requests.append(_whole(self.requests[scheduled.request_id]))
+            out.requests.append(ScheduledRequest(scheduled.request_id, scheduled.num_computed_tokens,
+                                                 scheduled.num_new_tokens, [], self.kv.block_ids(scheduled.request_id),
+                                                 scheduled.samples))
+            out.num_batched_tokens += scheduled.num_new_tokens
+        return out
+
+    def grammar_bitmask(self, batch: SchedulerOutput) -> GrammarBitmask | None:
+        """The token masks of the step's guided requests that sample (None: no such request)."""
+        rows, grammars = [], []
+        for i, scheduled in enumerate(batch.requests):
+            request = self.requests.get(scheduled.request_id)
+            grammar = request.grammar if request is not None and scheduled.samples else None
+            if grammar is not None and grammar.active:
+                rows.append(i)
+                grammars.append(grammar)
+        return GrammarBitmask(rows, self.structured_output.bitmask(grammars)) if rows else None
 
     def _preempt(self, request: Request) -> None:
         self.kv.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.num_sent_tokens = request.num_sent_blocks = 0  # it goes to the worker whole again
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(request)
@@ -194,9 +222,11 @@ class Scheduler:
             if request.check_stop(token_id):
                 self.running.remove(request)
                 self._free(request)
-            elif request.grammar is not None and not request.grammar.terminated:
+            elif request.grammar is not None and request.grammar.active:
                 guided.append(request.grammar)
                 guided_tokens.append(token_id)
+            elif request.grammar is not None and request.grammar.reasoning_end is not None:
+                request.grammar.end_reasoning(request.token_ids, request.num_output_tokens)
         if guided:
             self.structured_output.accept(guided, guided_tokens)
         return sampled
@@ -211,3 +241,8 @@ class Scheduler:
         del self.requests[request.request_id]
         self.finished_ids.add(request.request_id)
         request.grammar = None  # the matcher goes now, not when the last reference to the request does
+
+
+def _whole(request: Request) -> NewRequestData:
+    return NewRequestData(request.request_id, request.prompt_token_ids, request.output_token_ids,
+                          request.sampling_params, request.eos_token_id)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -13,24 +14,49 @@ import octavo
 from octavo.server import protocol as P
 from octavo.server.errors import APIError, from_exception, install_error_handlers
 from octavo.server.metrics import StatsLogger
-from octavo.server.middleware import APIKeyMiddleware, JSONBodyMiddleware
+from octavo.server.middleware import APIKeyMiddleware, RequestBodyMiddleware
 from octavo.server.serving_chat import create_chat_completion, render_prompt
-from octavo.server.serving_common import encode
+from octavo.server.serving_common import encode, request_id_for
 from octavo.server.serving_completion import create_completion
+from octavo.server.serving_responses import create_response
 from octavo.server.state import ServerSettings, ServerState
 from octavo.server.tracking import ClientDisconnected
 
 _ERRORS = {400: {"model": P.ErrorResponse}, 401: {"model": P.ErrorResponse}, 404: {"model": P.ErrorResponse}}
 
 
-async def _guarded(work):
+async def _guarded(work, request_id: str | None = None):
     """Any failure of one request becomes that request's error response (500 for bugs)."""
     try:
         return await work
     except ClientDisconnected:
         return Response(status_code=499)
     except Exception as exc:
-        return from_exception(exc).response()
+        return from_exception(exc, request_id).response()
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts served from this machine (the
+    fastapi-offline package ships them): the pages work without reaching a CDN."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    assets = os.path.join(os.path.dirname(fastapi_offline.__file__), "static")
+    app.mount("/docs-static", StaticFiles(directory=assets), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc():
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url="/docs-static/redoc.standalone.js",
+                              redoc_favicon_url="/docs-static/favicon.png", with_google_fonts=False)
 
 
 def build_app(engine, settings: ServerSettings) -> FastAPI:
@@ -48,19 +74,24 @@ def build_app(engine, settings: ServerSettings) -> FastAPI:
         finally:
             if task is not None:
                 task.cancel()
+            state.executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="Octavo", version=octavo.__version__, lifespan=lifespan,
-                  description="OpenAI-compatible API over the Octavo inference engine.")
+                  description="OpenAI-compatible API over the Octavo inference engine.",
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json" if settings.enable_docs else None)
     app.state.octavo = state
+    if settings.enable_docs:
+        add_offline_docs(app)
     install_error_handlers(app)
 
     @app.exception_handler(ClientDisconnected)
     async def _gone(_: Request, __: ClientDisconnected):
         return Response(status_code=499)
 
-    app.add_middleware(JSONBodyMiddleware)
+    app.add_middleware(RequestBodyMiddleware, max_bytes=settings.max_request_body_bytes)
     if settings.api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+        open_paths = {"/health"} | ({"/metrics"} if settings.metrics_without_api_key else set())
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key, open_paths=frozenset(open_paths))
     app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
                        allow_credentials=settings.allow_credentials, allow_methods=settings.allowed_methods,
                        allow_headers=settings.allowed_headers)
@@ -69,11 +100,17 @@ def build_app(engine, settings: ServerSettings) -> FastAPI:
 
     @app.post("/v1/completions", response_model=P.CompletionResponse, responses=_ERRORS)
     async def completions(request: P.CompletionRequest, raw: Request):
-        return await _guarded(create_completion(state, request, raw))
+        request_id = request_id_for(raw, "cmpl")
+        return await _guarded(create_completion(state, request, raw, request_id), request_id)
 
     @app.post("/v1/chat/completions", response_model=P.ChatCompletionResponse, responses=_ERRORS)
     async def chat_completions(request: P.ChatCompletionRequest, raw: Request):
-        return await _guarded(create_chat_completion(state, request, raw))
+        request_id = request_id_for(raw, "chatcmpl")
+        return await _guarded(create_chat_completion(state, request, raw, request_id), request_id)
+
+    @app.post("/v1/responses", responses=_ERRORS)
+    async def responses(request: P.ResponsesRequest, raw: Request):
+        return await _guarded(create_response(state, request, raw))
 
     # ------------------------------------------------------------------ models, tokenizer
 
@@ -90,17 +127,17 @@ def build_app(engine, settings: ServerSettings) -> FastAPI:
 
     @app.post("/tokenize", response_model=P.TokenizeResponse, responses=_ERRORS)
     async def tokenize(request: P.TokenizeChatRequest | P.TokenizeCompletionRequest):
-        async def work():
-            state.check_model(request.model)
+        def work():
             if isinstance(request, P.TokenizeChatRequest):
-                _, ids = render_prompt(state, request)
+                _, _, ids = render_prompt(state, request)
             else:
                 ids = encode(state.tokenizer, request.prompt, request.add_special_tokens)
             strs = state.tokenizer.convert_ids_to_tokens(ids) if request.return_token_strs else None
             return P.TokenizeResponse(count=len(ids), max_model_len=state.max_model_len, tokens=ids,
                                       token_strs=strs)
 
-        return await _guarded(work())
+        state.check_model(request.model)
+        return await _guarded(state.run_blocking(work))
 
     @app.post("/detokenize", response_model=P.DetokenizeResponse, responses=_ERRORS)
     async def detokenize(request: P.DetokenizeRequest):
@@ -108,7 +145,7 @@ def build_app(engine, settings: ServerSettings) -> FastAPI:
         bad = next((t for t in request.tokens if not 0 <= t < state.vocab_size), None)
         if bad is not None:
             raise APIError(f"token ids must be in [0, {state.vocab_size}), got {bad}", param="tokens")
-        return P.DetokenizeResponse(prompt=state.tokenizer.decode(request.tokens))
+        return P.DetokenizeResponse(prompt=await state.run_blocking(state.tokenizer.decode, request.tokens))
 
     # ------------------------------------------------------------------ operations
 

@@ -28,8 +28,11 @@ def load_chat_template(value: str | None) -> str | None:
     raise ValueError(f"--chat-template {value!r} is neither a file nor a Jinja template")
 
 
-def conversation(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Messages as the template sees them: content parts joined into one string."""
+def conversation(messages: list[ChatMessage], template: str | None = None) -> list[dict[str, Any]]:
+    """Messages as the template sees them: content parts joined into one string, and the
+    `developer` role as `system` where the template does not know it (OpenAI's newer models
+    treat it so; most templates would drop it or raise)."""
+    developer = "developer" if isinstance(template, str) and "developer" in template else "system"
     if not messages:
         raise bad_request("messages must hold at least one message", "messages")
     out = []
@@ -47,7 +50,8 @@ def conversation(messages: list[ChatMessage]) -> list[dict[str, Any]]:
                 texts.append(part.text)
             content = "\n".join(texts)
         entry: dict[str, Any] = dict(msg.model_extra or {})
-        entry.update(role=msg.role, content=content if content is not None else "")
+        role = developer if msg.role == "developer" else msg.role
+        entry.update(role=role, content=content if content is not None else "")
         for key in ("name", "tool_calls", "tool_call_id"):
             value = getattr(msg, key)
             if value is not None:

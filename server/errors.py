@@ -2,11 +2,13 @@
 
 Every failure a client can cause becomes an `APIError` (or is mapped to one by the handlers
 installed here), so the server answers 400/401/404 with an error object instead of FastAPI's
-422 or a bare 500, and one bad request never affects another.
+422 or a bare 500, and one bad request never affects another. A 500 names a request id and
+nothing of the failure: the exception is logged under that id.
 """
 from __future__ import annotations
 
 import logging
+import uuid
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -15,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from octavo.engine.async_engine import EngineDeadError, RequestFailedError
 from octavo.engine.llm_engine import InputError
 from octavo.sampling_params import SamplingParamError
 
@@ -34,27 +37,33 @@ _TYPES = {
 
 class APIError(Exception):
     def __init__(self, message: str, *, status: int = 400, param: str | None = None,
-                 code: str | None = None, type: str | None = None):
+                 code: str | None = None, type: str | None = None, request_id: str | None = None):
         super().__init__(message)
-        self.message = message
+        self.message = _encodable(message)  # it may quote client text: a lone surrogate must not break it
         self.status = status
-        self.param = param
+        self.param = None if param is None else _encodable(param)
         self.code = code
         self.type = type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+        self.request_id = request_id
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        headers = {"x-request-id": self.request_id} if self.request_id else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(message, status=400, param=param, code=code)
 
 
-def from_exception(exc: BaseException) -> APIError:
-    """The API error for an exception raised while preparing or serving a request."""
+def from_exception(exc: BaseException, request_id: str | None = None) -> APIError:
+    """The API error for an exception raised while preparing or serving request `request_id`."""
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, SamplingParamError):
@@ -63,8 +72,18 @@ def from_exception(exc: BaseException) -> APIError:
         return bad_request(str(exc), exc.param)
     if isinstance(exc, ValidationError):
         return validation_error(exc.errors())
-    logger.exception("request failed", exc_info=exc)
-    return APIError(f"internal error: {type(exc).__name__}: {exc}", status=500)
+    if isinstance(exc, EngineDeadError):
+        return APIError("the engine has stopped; the server is shutting down", status=503, request_id=request_id)
+    if isinstance(exc, RequestFailedError):  # the engine logged the cause under this id
+        request_id = exc.request_id
+    else:
+        request_id = request_id or f"req-{uuid.uuid4().hex}"
+        logger.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc, exc_info=exc)
+    return APIError(f"The server had an error while processing your request (request id {request_id}). "
+                    "Its log has the details.", status=500, request_id=request_id)
+
+
+LONE_SURROGATE = "lone_surrogate"  # the pydantic error type of text that is not valid Unicode
 
 
 def validation_error(errors) -> APIError:
@@ -74,6 +93,8 @@ def validation_error(errors) -> APIError:
         return bad_request("invalid request")
     first = errors[0]
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == LONE_SURROGATE:
+        return bad_request(first["msg"], first["ctx"]["param"])
     if first.get("type") == "json_invalid":
         return bad_request(f"the request body is not valid JSON: {first.get('msg', '')}", code="invalid_json")
     param = ".".join(loc) or None

@@ -1,8 +1,10 @@
 """OpenAI API request and response models (plus vLLM's extra sampling fields).
 
-Requests are parsed leniently the way the OpenAI server and vLLM do (unknown fields are
-accepted and logged, `null` means "default"); the values themselves are checked when they
-are turned into SamplingParams (server/sampling.py), so every range error has one source.
+Requests are parsed the way the OpenAI server and vLLM do: unknown fields are accepted and
+logged, `null` means "default", but types are strict (`"n": "2"` and `"stream": "yes"` are
+errors, not coerced), and no text may hold a lone surrogate (it is not Unicode: it could not
+be tokenized, matched or echoed). The values themselves are checked when they are turned into
+SamplingParams (server/sampling.py), so every range error has one source.
 Responses are built as these models for non-streaming calls; stream chunks are plain dicts
 (server/serving_*.py) for speed, with the same field names.
 """
@@ -11,14 +13,49 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from octavo.server.errors import LONE_SURROGATE
 
 
 class OpenAIBaseModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     def unknown_fields(self) -> list[str]:
         return sorted((self.model_extra or {}).keys())
+
+
+class RequestBody(OpenAIBaseModel):
+    """A whole request body: its text, unknown fields included, is checked once here."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        path = _lone_surrogate(data)
+        if path is not None:
+            param = ".".join(map(str, path)) or "body"
+            raise PydanticCustomError(LONE_SURROGATE, "{param} is not valid Unicode (it holds a lone surrogate)",
+                                      {"param": param})
+        return data
+
+
+def _lone_surrogate(value: Any, path: tuple = ()) -> tuple | None:
+    """The path to the first string (key or value) that cannot be encoded as UTF-8, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _lone_surrogate(key, path + (key,)) if isinstance(key, str) else None
+        if found is None:
+            found = _lone_surrogate(item, path + (key,))
+        if found is not None:
+            return found
+    return None
 
 
 # ---------------------------------------------------------------------------- shared
@@ -63,7 +100,7 @@ class ResponseFormat(OpenAIBaseModel):
     json_schema: JsonSchemaFormat | None = None
 
 
-class SamplingRequest(OpenAIBaseModel):
+class SamplingRequest(RequestBody):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: str | None = None
@@ -101,6 +138,10 @@ class SamplingRequest(OpenAIBaseModel):
     guided_grammar: str | None = None
     guided_whitespace_pattern: str | None = None
     guided_decoding_backend: str | None = None
+    # vLLM's current form of the same: {json | regex | choice | grammar | json_object | structural_tag,
+    # disable_any_whitespace, whitespace_pattern, backend}.
+    structured_outputs: dict[str, Any] | None = None
+    return_tokens_as_token_ids: bool | None = None
 
 
 # ---------------------------------------------------------------------------- completions
@@ -167,6 +208,8 @@ class ChatCompletionRequest(SamplingRequest):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = Field(default=None, description="deprecated: use tools")
+    function_call: str | dict[str, Any] | None = Field(default=None, description="deprecated: use tool_choice")
     # vLLM's chat extras.
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -193,7 +236,10 @@ class ChatChoiceLogprobs(BaseModel):
 class ChatResponseMessage(BaseModel):
     role: str
     content: str | None = None
+    reasoning: str | None = None  # a reasoning model's think block (--reasoning-parser), as vLLM
+    reasoning_content: str | None = None  # the same, under the name older vLLM and most clients read
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    function_call: dict[str, Any] | None = None  # the deprecated `functions` API's one call
 
 
 class ChatCompletionChoice(BaseModel):
@@ -216,6 +262,40 @@ class ChatCompletionResponse(BaseModel):
     prompt_token_ids: list[int] | None = None
 
 
+# ---------------------------------------------------------------------------- responses
+
+
+class ResponsesRequest(OpenAIBaseModel):
+    """POST /v1/responses, stateless: mapped onto a chat completion (server/serving_responses.py)."""
+
+    model: str | None = None
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool | None = False
+    store: bool | None = None
+    previous_response_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    user: str | None = None
+    truncation: str | None = None
+    include: list[str] | None = None
+    # vLLM's extras, passed to the chat request as they are
+    seed: int | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    stop: str | list[str] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
 # ---------------------------------------------------------------------------- models, tokenizer
 
 
@@ -234,14 +314,14 @@ class ModelList(BaseModel):
     data: list[ModelCard] = Field(default_factory=list)
 
 
-class TokenizeCompletionRequest(OpenAIBaseModel):
+class TokenizeCompletionRequest(RequestBody):
     model: str | None = None
     prompt: str
     add_special_tokens: bool = True
     return_token_strs: bool | None = False
 
 
-class TokenizeChatRequest(OpenAIBaseModel):
+class TokenizeChatRequest(RequestBody):
     model: str | None = None
     messages: list[ChatMessage]
     add_generation_prompt: bool = True
@@ -260,7 +340,7 @@ class TokenizeResponse(BaseModel):
     token_strs: list[str] | None = None
 
 
-class DetokenizeRequest(OpenAIBaseModel):
+class DetokenizeRequest(RequestBody):
     model: str | None = None
     tokens: list[int]
 

@@ -1,11 +1,14 @@
 """Small pieces both generation endpoints share: ids, SSE framing, usage, prompt checks."""
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from octavo.server.errors import bad_request, from_exception
@@ -16,8 +19,22 @@ logger = logging.getLogger("octavo.server")
 DONE = "data: [DONE]\n\n"
 
 
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def request_id_for(raw: Request, prefix: str) -> str:
+    """`prefix-<the client's X-Request-Id>` (as vLLM), or `prefix-<random>` without one."""
+    given = raw.headers.get("x-request-id")
+    if given is None:
+        return new_request_id(prefix)
+    if not _CLIENT_REQUEST_ID.fullmatch(given):
+        raise bad_request("the X-Request-Id header must be 1 to 128 letters, digits or '.', '_', ':', '-'",
+                          "x-request-id")
+    return f"{prefix}-{given}"
 
 
 def sse(obj) -> str:
@@ -33,8 +50,8 @@ def sse_chunk(object_name: str, request_id: str, created: int, model: str, choic
     return sse(obj)
 
 
-def sse_error(exc: BaseException) -> str:
-    return sse(from_exception(exc).body())
+def sse_error(exc: BaseException, request_id: str) -> str:
+    return sse(from_exception(exc, request_id).body())
 
 
 def streaming_response(body: AsyncIterator[str]) -> StreamingResponse:
@@ -51,9 +68,17 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None 
 
 
 def warn_unknown_fields(req: OpenAIBaseModel, endpoint: str) -> None:
+    """Unknown fields are accepted (OpenAI's clients send extras); one that looks like a
+    misspelled known field says so, since the request then runs without it."""
     fields = req.unknown_fields()
-    if fields:
-        logger.warning("%s: ignoring unknown request fields %s", endpoint, ", ".join(fields))
+    if not fields:
+        return
+    known = list(type(req).model_fields)
+    named = []
+    for name in fields:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        named.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    logger.warning("%s: ignoring unknown request fields %s", endpoint, ", ".join(named))
 
 
 def encode(tokenizer, text: str, add_special_tokens: bool, param: str = "prompt") -> list[int]:

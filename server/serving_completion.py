@@ -12,7 +12,7 @@ from octavo.server import sampling
 from octavo.server.errors import bad_request
 from octavo.server.logprobs import CompletionLogprobs, merge_completion, prompt_logprobs
 from octavo.server.protocol import CompletionChoice, CompletionRequest, CompletionResponse, UsageInfo
-from octavo.server.serving_common import (DONE, check_token_ids, encode, new_request_id, sse_chunk, sse_error,
+from octavo.server.serving_common import (DONE, check_token_ids, encode, sse_chunk, sse_error,
                                           streaming_response, usage, warn_unknown_fields)
 from octavo.server.state import ServerState
 from octavo.server.tracking import EngineStream, merge, start_all, unless_disconnected
@@ -26,16 +26,21 @@ class _Prompt:
     token_ids: list[int]
 
 
-def _prompts(state: ServerState, req: CompletionRequest) -> list[_Prompt]:
+def _prompt_items(req: CompletionRequest) -> list[str | list[int]]:
     prompt = req.prompt
     if isinstance(prompt, str):
-        items: list = [prompt]
-    elif not prompt:
+        return [prompt]
+    if not prompt:
         raise bad_request("prompt must not be empty", "prompt")
-    elif isinstance(prompt[0], int):
-        items = [list(prompt)]
-    else:
-        items = list(prompt)
+    if isinstance(prompt[0], int):
+        return [list(prompt)]
+    if len(prompt) > sampling.MAX_PROMPTS:
+        raise bad_request(f"at most {sampling.MAX_PROMPTS} prompts per request, got {len(prompt)}", "prompt")
+    return list(prompt)
+
+
+def _prompts(state: ServerState, req: CompletionRequest, items: list[str | list[int]]) -> list[_Prompt]:
+    """Tokenized and checked (slow: run it with `state.run_blocking`)."""
     tok = state.tokenizer
     out = []
     for item in items:
@@ -52,12 +57,13 @@ def _prompts(state: ServerState, req: CompletionRequest) -> list[_Prompt]:
     return out
 
 
-async def create_completion(state: ServerState, req: CompletionRequest, raw: Request):
+async def create_completion(state: ServerState, req: CompletionRequest, raw: Request, request_id: str):
     model = state.check_model(req.model)
     warn_unknown_fields(req, ENDPOINT)
     if req.suffix is not None:
         raise bad_request("suffix is not supported by this server", "suffix")
     sampling.check_common(req)
+    sampling.check_num_sequences(req.best_of, "best_of")
     n = req.n or 1
     if req.best_of is not None and req.stream and req.best_of > n:
         raise bad_request("best_of > n cannot be used with stream (the best are known only at the end)", "best_of")
@@ -65,17 +71,16 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw: Req
         raise bad_request("max_tokens must be at least 1 (0 is allowed only with echo)", "max_tokens")
     echo_only = bool(req.echo) and req.max_tokens == 0
     max_tokens = 1 if echo_only else req.max_tokens
-    prompts = _prompts(state, req)
+    prompts = await state.run_blocking(_prompts, state, req, _prompt_items(req))
     for p in prompts:
         sampling.check_context(len(p.token_ids), max_tokens, state.max_model_len)
     prompt_lps = req.prompt_logprobs
     if req.echo and req.logprobs is not None:
         prompt_lps = max(prompt_lps or 0, req.logprobs)
-    guided, guided_param = sampling.structured_outputs(req)
-    params = sampling.build(req, max_tokens=max_tokens, logprobs=req.logprobs, vocab_size=state.vocab_size,
+    guided, guided_param = sampling.structured_outputs(req, state.settings.disable_any_whitespace)
+    params = sampling.build(req, max_tokens=max_tokens, logprobs=req.logprobs,
                             stream=bool(req.stream), best_of=req.best_of, prompt_logprobs=prompt_lps,
-                            structured_outputs=guided)
-    request_id = new_request_id("cmpl")
+                            structured_outputs=guided, defaults=state.generation_defaults)
     streams = [EngineStream(state.engine, {"prompt_token_ids": p.token_ids, "prompt": p.text}, params,
                             request_id if len(prompts) == 1 else f"{request_id}-{i}", state.metrics,
                             state.settings.log_requests, ENDPOINT)
@@ -109,7 +114,6 @@ class _Completion:
                     finals[i] = out
         choices: list[CompletionChoice] = []
         completion_tokens = cached = 0
-        tok = self.state.tokenizer
         for i, prompt in enumerate(self.prompts):
             out = finals[i]
             cached += out.num_cached_tokens
@@ -121,7 +125,7 @@ class _Completion:
                 completion_tokens += len(token_ids)
                 logprobs = None
                 if self.req.logprobs is not None:
-                    lp = CompletionLogprobs(tok)
+                    lp = CompletionLogprobs(self.state.token_texts(self.req))
                     logprobs = merge_completion(self._echo_logprobs(lp, i, out), lp.add(token_ids, lps or []))
                 if self.req.echo:
                     text = prompt.text + text
@@ -159,7 +163,7 @@ class _Completion:
                     prompt_tokens = sum(len(p.token_ids) for p in self.prompts)
                     yield self._chunk([], usage(prompt_tokens, sum(self._tokens.values())))
             except Exception as exc:  # the stream has started: report in-band, then end it
-                yield sse_error(exc)
+                yield sse_error(exc, self.request_id)
             yield DONE
         finally:  # however the stream ends (client gone included): abort what still runs
             await outputs.aclose()
@@ -182,7 +186,7 @@ class _Completion:
         self._sent.add(index)
         lp_chunk = None
         if self.req.logprobs is not None:
-            lp = self._lps.setdefault(index, CompletionLogprobs(self.state.tokenizer))
+            lp = self._lps.setdefault(index, CompletionLogprobs(self.state.token_texts(self.req)))
             head = self._echo_logprobs(lp, i, out) if first_chunk else None
             lp_chunk = merge_completion(head, lp.add(token_ids, positions))
         if self.req.echo and first_chunk:

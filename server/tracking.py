@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import Request
 
+from octavo.engine.async_engine import RequestFailedError
 from octavo.outputs import RequestOutput
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 
@@ -44,6 +45,7 @@ class EngineStream:
         self._last_time: float | None = None
         self._times: dict[str, float | None] = {}
         self._finish: dict[int, str] = {}
+        self._end_reason = "abort"  # of a request that does not finish: "error" when the engine failed it
 
     # ------------------------------------------------------------------ start
 
@@ -76,6 +78,9 @@ class EngineStream:
                 out = await self._gen.__anext__()
         except StopAsyncIteration:
             return
+        except RequestFailedError:
+            self._end_reason = "error"
+            raise
         finally:
             await self.close()
 
@@ -90,7 +95,7 @@ class EngineStream:
             await self._gen.aclose()
         if not self._finished and not self._closed:
             self._closed = True
-            self._done(["abort"] * max(1, self.params.n))
+            self._done([self._end_reason] * max(1, self.params.n))
         self._closed = True
 
     # ------------------------------------------------------------------ metrics

@@ -3,6 +3,14 @@ import pytest
 from octavo.testing.tiny_models import make_tiny_model
 
 
+def pytest_collection_finish(session):
+    """Start the openai 2.x / LlamaIndex client process early: its imports then overlap other tests."""
+    if any(item.module.__name__ == "test_server_openai2_clients" for item in session.items):
+        from test_server_openai2_clients import start_clients
+
+        start_clients()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """tiny_model(family, **config) -> path, built once per session per variant."""
@@ -16,6 +24,25 @@ def tiny_model(tmp_path_factory):
         return built[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def hermes_server():
+    """The tiny Llama served with the hermes tool parser, shared by the tool-calling modules."""
+    from server_utils import tool_server
+
+    with tool_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def reasoning_server():
+    """The tiny Qwen3 (think tokens, a think-opening template) served with the qwen3 reasoning
+    parser and the hermes tool parser, shared by the reasoning and Responses modules."""
+    from server_utils import tool_server
+
+    with tool_server(reasoning=True) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -95,7 +95,7 @@ def test_octavo_serve_subprocess(tmp_path):
     args = [server_model_path(), "--config", cfg, "--dtype", "float32", "--num-threads", "1",
             "--served-model-name", "sub", "alias", "--disable-log-stats", "--uvicorn-log-level", "warning"]
     headers = {"Authorization": "Bearer env-key"}
-    with octavo_serve(args, port, env=env, timeout=90) as proc:
+    with octavo_serve(args, port, env=env) as proc:
         url = proc.url
         assert httpx.get(url + "/v1/models").status_code == 401
         models = httpx.get(url + "/v1/models", headers=headers).json()["data"]
@@ -111,7 +111,7 @@ def test_octavo_serve_subprocess(tmp_path):
         tok = AutoTokenizer.from_pretrained(server_model_path())
         expected = tok("<user>hi<|im_start|>assistant", add_special_tokens=False).input_ids
         assert r.model_extra["prompt_token_ids"] == expected
-    out = proc.stdout.read()
+    out = proc.output()
     assert "/v1/chat/completions chatcmpl-" in out  # the per-request log line
 
 

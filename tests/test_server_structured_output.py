@@ -10,9 +10,8 @@ import re
 import jsonschema
 import openai
 import pytest
-from server_utils import MODEL_NAME, running_server, server_model_path
+from server_utils import MODEL_NAME, concurrently
 
-from octavo.server.state import ServerSettings
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["city", "days", "rain"],
           "properties": {"city": {"type": "string", "maxLength": 10},
@@ -23,10 +22,8 @@ MESSAGES = [{"role": "user", "content": "Weather for the week?"}]
 
 
 @pytest.fixture(scope="module")
-def server():
-    settings = ServerSettings(served_model_names=[MODEL_NAME], model_root=server_model_path(), log_stats=False)
-    with running_server(settings) as srv:
-        yield srv
+def server(hermes_server):
+    return hermes_server  # no tools here: the tool parser never acts
 
 
 def chat(client, **kw):
@@ -41,23 +38,23 @@ def complete(client, **kw):
     return client.completions.create(**body)
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_chat_json_schema(openai_client, seed):
-    out = chat(openai_client, response_format=JSON_SCHEMA_FORMAT, seed=seed).choices[0]
-    assert out.finish_reason == "stop"
-    jsonschema.validate(json.loads(out.message.content), SCHEMA)
+def test_chat_json_schema(openai_client):
+    for out in concurrently(lambda seed: chat(openai_client, response_format=JSON_SCHEMA_FORMAT, seed=seed), range(3)):
+        assert out.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(out.choices[0].message.content), SCHEMA)
 
 
 def test_chat_json_schema_streamed(openai_client):
-    for seed in range(3):
-        chunks = list(chat(openai_client, response_format=JSON_SCHEMA_FORMAT, seed=seed, stream=True))
+    streams = concurrently(lambda seed: list(chat(openai_client, response_format=JSON_SCHEMA_FORMAT, seed=seed,
+                                                  stream=True)), range(3))
+    for chunks in streams:
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
         jsonschema.validate(json.loads(text), SCHEMA)
 
 
 def test_chat_json_object_and_n(openai_client):
-    outs = chat(openai_client, response_format={"type": "json_object"}, n=2, seed=0,
+    outs = chat(openai_client, response_format={"type": "json_object"}, n=2, seed=0, max_completion_tokens=150,
                 extra_body={"guided_decoding_backend": "llguidance"}).choices
     assert len(outs) == 2
     for out in outs:
@@ -74,13 +71,16 @@ def test_chat_guided_extras(openai_client):
 
 @pytest.mark.parametrize("backend", ["xgrammar", "llguidance"])
 def test_completions_guided_choice_and_regex(openai_client, backend):
-    for seed in range(3):
-        out = complete(openai_client, seed=seed, extra_body={"guided_choice": ["alpha", "beta gamma"],
-                                                      "guided_decoding_backend": backend})
-        assert out.choices[0].text in ("alpha", "beta gamma") and out.choices[0].finish_reason == "stop"
-        out = complete(openai_client, seed=seed, extra_body={"guided_regex": r"[0-9]{3}-[a-z]{2,4}",
-                                                      "guided_decoding_backend": backend})
-        assert re.fullmatch(r"[0-9]{3}-[a-z]{2,4}", out.choices[0].text)
+    def both(seed: int):
+        choice = complete(openai_client, seed=seed, extra_body={"guided_choice": ["alpha", "beta gamma"],
+                                                                "guided_decoding_backend": backend})
+        regex = complete(openai_client, seed=seed, extra_body={"guided_regex": r"[0-9]{3}-[a-z]{2,4}",
+                                                               "guided_decoding_backend": backend})
+        return choice, regex
+
+    for choice, regex in concurrently(both, range(3)):
+        assert choice.choices[0].text in ("alpha", "beta gamma") and choice.choices[0].finish_reason == "stop"
+        assert re.fullmatch(r"[0-9]{3}-[a-z]{2,4}", regex.choices[0].text)
 
 
 def test_completions_grammar_stream_and_response_format(openai_client):

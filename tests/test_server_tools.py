@@ -13,12 +13,10 @@ import re
 import jsonschema
 import openai
 import pytest
-from server_utils import MODEL_NAME, running_server, server_model_path
+from server_utils import MODEL_NAME, concurrently
 
 from octavo.server.errors import APIError
-from octavo.server.state import ServerSettings
 from octavo.server.tool_calls import plan_tools
-from octavo.server.tool_parsers import ToolParserManager
 
 WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
            "properties": {"city": {"type": "string", "maxLength": 12},
@@ -37,11 +35,8 @@ HERMES_REGEX = re.sub(r"([{}.])", r"\\\1", HERMES_CALL)  # exactly the call: bra
 
 
 @pytest.fixture(scope="module")
-def server():
-    settings = ServerSettings(served_model_names=[MODEL_NAME], model_root=server_model_path(), log_stats=False,
-                              tool_parser=ToolParserManager.get("hermes"))
-    with running_server(settings) as srv:
-        yield srv
+def server(hermes_server):
+    return hermes_server
 
 
 @pytest.fixture(scope="module")
@@ -75,22 +70,22 @@ def as_dicts(message) -> list[dict]:
     return [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in message.tool_calls or []]
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_named_tool_choice_arguments_validate(client, seed):
-    out = chat(client, tool_choice=NAMED, seed=seed)
-    choice = out.choices[0]
-    assert choice.finish_reason == "stop"
-    assert choice.message.content is None
-    [call] = choice.message.tool_calls
-    assert call.type == "function" and call.function.name == "get_weather"
-    assert call.id.startswith("call_") and len(call.id) == len("call_") + 24
-    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+def test_named_tool_choice_arguments_validate(client):
+    for out in concurrently(lambda seed: chat(client, tool_choice=NAMED, seed=seed), range(20)):
+        choice = out.choices[0]
+        assert choice.finish_reason == "stop"
+        assert choice.message.content is None
+        [call] = choice.message.tool_calls
+        assert call.type == "function" and call.function.name == "get_weather"
+        assert call.id.startswith("call_") and len(call.id) == len("call_") + 24
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER)
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_named_tool_choice_streams_the_same_call(client, seed):
-    whole = chat(client, tool_choice=NAMED, seed=seed).choices[0]
-    content, calls, finish, deltas = streamed(client, tool_choice=NAMED, seed=seed)
+    whole, (content, calls, finish, deltas) = concurrently(
+        lambda stream: streamed(client, tool_choice=NAMED, seed=seed) if stream else
+        chat(client, tool_choice=NAMED, seed=seed).choices[0], (False, True))
     assert finish == "stop" and content is None
     assert [c["name"] for c in calls] == ["get_weather"]
     assert calls[0]["arguments"] == whole.message.tool_calls[0].function.arguments
@@ -100,16 +95,15 @@ def test_named_tool_choice_streams_the_same_call(client, seed):
     assert all(d.id is None and d.function.name is None for d in later)
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_required_tool_choice_calls_validate(client, seed):
-    out = chat(client, tool_choice="required", seed=seed, max_tokens=400)
-    choice = out.choices[0]
-    assert choice.finish_reason == "tool_calls"
-    assert choice.message.tool_calls, "required means at least one call"
-    for call in choice.message.tool_calls:
-        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
-    ids = [c.id for c in choice.message.tool_calls]
-    assert len(set(ids)) == len(ids)
+def test_required_tool_choice_calls_validate(client):
+    for out in concurrently(lambda seed: chat(client, tool_choice="required", seed=seed, max_tokens=400), range(10)):
+        choice = out.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.tool_calls, "required means at least one call"
+        for call in choice.message.tool_calls:
+            jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+        ids = [c.id for c in choice.message.tool_calls]
+        assert len(set(ids)) == len(ids)
 
 
 def test_required_streams_the_same_calls(client):
@@ -121,9 +115,9 @@ def test_required_streams_the_same_calls(client):
 
 
 def test_parallel_tool_calls_false_gives_one_call(client):
-    for seed in range(5):
-        out = chat(client, tool_choice="required", parallel_tool_calls=False, seed=seed, max_tokens=400)
-        assert len(out.choices[0].message.tool_calls) == 1
+    outs = concurrently(lambda seed: chat(client, tool_choice="required", parallel_tool_calls=False, seed=seed,
+                                          max_tokens=400), range(5))
+    assert [len(out.choices[0].message.tool_calls) for out in outs] == [1] * 5
 
 
 def test_auto_parses_the_models_call(client):

@@ -290,3 +290,50 @@ def test_apply_token_bitmask():
     SamplerOps().apply_token_bitmask(logits, bitmask, torch.tensor([2, 0]))
     allowed = [torch.isfinite(row).nonzero().flatten().tolist() for row in logits]
     assert allowed == [[31, 32], list(range(70)), [5]]
+
+
+# ---------------------------------------------------------------------------- the libraries' grammars
+
+
+def _matcher(tiny_model, backend: str, spec: Guided):
+    from transformers import AutoTokenizer
+
+    from octavo.structured_output.manager import backend_class
+
+    tok = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    lib = backend_class(backend)(tok, len(tok), tok.eos_token_id)
+    matcher = lib.new_matcher(lib.compile(lib.parse(spec)))
+    return tok, lambda ids: [lib.accept([matcher], [t])[0] for t in ids]
+
+
+TAG = {"triggers": ["<tool_call>"], "structures": [
+    {"begin": '<tool_call>\n{"name": "get_time", "arguments": ', "end": "}\n</tool_call>",
+     "schema": {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"]}}]}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_structural_tag_constrains_only_after_its_trigger(tiny_model, backend):
+    """Free text, then once `<tool_call>` is written (plain text in this tokenizer) only a call to
+    the declared function with valid, compact arguments."""
+    tok, accept = _matcher(tiny_model, backend, Guided(structural_tag=json.dumps(TAG), disable_any_whitespace=True))
+    good = 'Any text { at all } <tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call> and more'
+    assert all(accept(tok(good, add_special_tokens=False).input_ids))
+    for bad in ('x <tool_call>\n{"name": "reverse"', 'x <tool_call>\n{"name": "get_time", "arguments": {"zone": "PST"',
+                'x <tool_call>\n{"name": "get_time", "arguments": {  "zone"'):
+        _, accept = _matcher(tiny_model, backend, Guided(structural_tag=TAG, disable_any_whitespace=True))
+        assert not all(accept(tok(bad, add_special_tokens=False).input_ids)), bad
+
+
+def test_xgrammar_json_strings_refuse_encoded_surrogates(tiny_model):
+    """xgrammar's own string class took ED A0 80 (a UTF-8-encoded surrogate, not UTF-8): one
+    character to its maxLength, three U+FFFD in the output."""
+    from octavo.server.logprobs import _byte_decoder
+
+    schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 4}}, "required": ["s"]}
+    char_of = {b: c for c, b in _byte_decoder().items()}
+    for spec in (Guided(json=schema), Guided(json=schema, disable_any_whitespace=True)):
+        tok, accept = _matcher(tiny_model, "xgrammar", spec)
+        head = tok('{"s": "', add_special_tokens=False).input_ids
+        surrogate = [tok.convert_tokens_to_ids(char_of[b]) for b in (0xED, 0xA0, 0x80)]
+        assert all(accept(head))
+        assert accept(surrogate)[:2] == [True, False]  # ED may begin a character; ED A0 begins a surrogate

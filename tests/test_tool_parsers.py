@@ -132,8 +132,10 @@ LLAMA3 = [
     ("arguments_key", '{"name": "get_weather", "arguments": {"city": "Paris"}}', E(None, WEATHER)),
     ("text_after", '{"name": "get_weather", "parameters": {"city": "Paris"}}\nI asked for the weather.',
      E("I asked for the weather.", WEATHER)),
-    ("text_before_is_no_call", 'Calling: {"name": "get_time", "parameters": {}}',
-     E('Calling: {"name": "get_time", "parameters": {}}')),
+    ("text_before", 'Here you go: {"name": "get_time", "parameters": {}}', E("Here you go:", TIME)),
+    ("text_around", 'Sure.\n{"name": "get_weather", "parameters": {"city": "Paris"}} Anything else?',
+     E("Sure.\nAnything else?", WEATHER)),
+    ("json_in_text_is_no_call", 'Use {"a": {"b": 1}} here', E('Use {"a": {"b": 1}} here')),
     ("malformed", '{"name": "get_weather", "parameters": {"city": "Paris"}',
      E('{"name": "get_weather", "parameters": {"city": "Paris"}')),
     ("json_but_not_a_call", '{"name": "Paris", "country": "France"}', E('{"name": "Paris", "country": "France"}')),
@@ -278,6 +280,22 @@ def test_extract_leaves_the_stream_alone():
     p.extract_tool_calls_streaming("Hi <tool_")
     assert p.extract_tool_calls("<tool_call>{\"name\": \"get_time\"}</tool_call>") == E(None, TIME)
     assert run_stream(p, ['call>{"name": "get_time"}</tool_call>']) == E(None, TIME)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("hermes", '<tool_call>{"name": "reverse_string", "arguments": {"s": "ab"}}</tool_call>'),
+    ("qwen2_5", '```json\n{"name": "reverse_string", "arguments": {"s": "ab"}}\n```'),
+    ("llama3_json", '{"name": "reverse_string", "parameters": {"s": "ab"}}'),
+    ("mistral", '[TOOL_CALLS][{"name": "reverse_string", "arguments": {"s": "ab"}}]'),
+    ("pythonic", "[reverse_string(s='ab')]"),
+])
+def test_calls_to_undeclared_tools_stay_content(name, text):
+    declared = [{"type": "function", "function": {"name": "get_weather"}}]
+    cls = ToolParserManager.get(name)
+    assert cls(declared).extract_tool_calls(text) == E(text)
+    for chunks in chunkings(text):
+        assert run_stream(cls(declared), chunks) == E(text), chunks
+    assert cls([{"type": "function", "function": {"name": "reverse_string"}}]).extract_tool_calls(text).tools_called
 
 
 def test_skip_special_tokens():

@@ -9,6 +9,10 @@ full speed only on the process's main thread on the 2-core machines measured (a 
 decode step took 35 ms there and 52 ms on any other thread). So `octavo serve` builds the
 engine with `start_loop=False`, runs `run_engine_loop()` on the main thread and serves HTTP
 from another; library users get the loop in a background thread by default.
+
+A request the engine fails on (see LLMEngine.step) raises RequestFailedError in its consumer
+only. If `step()` itself raises, the engine is broken: every consumer gets EngineDeadError,
+`is_alive()` turns False and `run_engine_loop()` returns, for the server to exit non-zero.
 """
 from __future__ import annotations
 
@@ -18,25 +22,35 @@ import queue
 import threading
 from collections.abc import AsyncIterator
 
+from octavo.backend import Backend
 from octavo.config import EngineConfig
+from octavo.engine.isolation import EngineDeadError
 from octavo.engine.llm_engine import InputError, LLMEngine, Prompt
 from octavo.outputs import RequestOutput
 from octavo.sampling_params import SamplingParams
 
 logger = logging.getLogger("octavo")
 
+__all__ = ["AsyncLLM", "EngineDeadError", "RequestFailedError"]
 
-class EngineDeadError(RuntimeError):
-    pass
+
+class RequestFailedError(RuntimeError):
+    """The engine failed on this request (and only on it); the cause is in the engine's log."""
+
+    def __init__(self, request_id: str, message: str):
+        super().__init__(message)
+        self.request_id = request_id
 
 
 class AsyncLLM:
-    def __init__(self, config: EngineConfig, start_loop: bool = True):
-        self.engine = LLMEngine(config)
+    def __init__(self, config: EngineConfig, start_loop: bool = True, backend: Backend | None = None):
+        """`backend` bypasses device selection, as LLMEngine's."""
+        self.engine = LLMEngine(config, backend)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._stopped = False
+        self.dead: BaseException | None = None  # why the engine broke, once it has
         self._looping = threading.Event()  # set while run_engine_loop runs, wherever
         self._thread: threading.Thread | None = None
         if start_loop:
@@ -52,20 +66,25 @@ class AsyncLLM:
     def model_config(self):
         return self.engine.model_config
 
+    @property
+    def generation_defaults(self) -> dict:
+        return self.engine.generation_defaults
+
     def is_alive(self) -> bool:
-        return not self._stopped and self._looping.is_set()
+        return not self._stopped and self.dead is None and self._looping.is_set()
 
     async def generate(self, prompt: Prompt, params: SamplingParams,
                        request_id: str) -> AsyncIterator[RequestOutput]:
         """Validation happens before the first await: a bad request raises before any output,
         which lets the server fail an invalid streaming request before its stream starts."""
-        if self._stopped:
-            raise EngineDeadError("the engine has stopped")
         if request_id in self._streams:
             raise InputError(f"request id {request_id!r} is already running", "request_id")
         parent = self.engine.make_request(request_id, prompt, params)
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), stream)
+        if self._stopped or self.dead is not None:  # the loop may have failed the streams it saw
+            self._streams.pop(request_id, None)
+            raise EngineDeadError("the engine has stopped")
         self._send("add", parent)
         finished = False
         try:
@@ -74,6 +93,8 @@ class AsyncLLM:
                 if isinstance(item, BaseException):
                     raise item
                 finished = item.finished
+                if item.error is not None:
+                    raise RequestFailedError(request_id, item.error)
                 yield item
         finally:
             self._streams.pop(request_id, None)
@@ -101,12 +122,17 @@ class AsyncLLM:
         self._wake.set()
 
     def run_engine_loop(self) -> None:
-        """Step the engine until stop(); runs in the calling thread."""
+        """Step the engine until stop() or until it breaks (then `dead` says why); runs in the
+        calling thread. Requests still waiting then get EngineDeadError."""
         self._looping.set()
         try:
             self._loop()
+        except Exception as exc:  # the engine is broken: nothing can be trusted to run on
+            logger.critical("the engine is broken and stops: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            self.dead = exc
         finally:
             self._looping.clear()
+            self._fail_all(EngineDeadError("the engine has stopped"))
 
     def _loop(self) -> None:
         while not self._stopped:
@@ -115,13 +141,7 @@ class AsyncLLM:
                 self._wake.wait()
                 self._wake.clear()
                 continue
-            try:
-                outputs = self.engine.step()
-            except Exception as exc:  # fail the requests in flight, keep serving the rest
-                logger.exception("engine step failed")
-                self._fail_all(exc)
-                continue
-            for out in outputs:
+            for out in self.engine.step():
                 self._deliver(out.request_id, out)
 
     def _drain_inbox(self) -> None:
@@ -136,11 +156,13 @@ class AsyncLLM:
                 except Exception as exc:
                     self._deliver(payload.request_id, exc)
             else:
-                self.engine.abort_request(payload)
+                try:
+                    self.engine.abort_request(payload)
+                except Exception:  # noqa: BLE001 - its consumer is gone; the engine went on
+                    logger.exception("aborting request %s failed", payload)
 
     def _fail_all(self, exc: Exception) -> None:
         for rid in list(self._streams):
-            self.engine.abort_request(rid)
             self._deliver(rid, exc)
 
     def _deliver(self, request_id: str, item) -> None:

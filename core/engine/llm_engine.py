@@ -1,7 +1,12 @@
 """The synchronous engine: add requests, call `step()` until done.
 
-One step = schedule -> worker.execute -> scheduler.update -> output processing. The async
-engine and the offline `LLM` both drive this loop.
+One step = schedule -> worker.execute_model / sample_tokens -> scheduler.update -> output
+processing. The async engine and the offline `LLM` both drive this loop.
+
+A request can fail without taking others with it: every sampling value that could break a
+step is refused in `make_request`; a step that raises anyway is run again in smaller groups
+until the request(s) at fault are found (engine/isolation.py), and those end with finish
+reason "error" while the others go on. Only a broken engine raises out of `step()`.
 """
 from __future__ import annotations
 
@@ -11,13 +16,16 @@ from typing import Any
 
 import torch
 
-from octavo.backend import Backend
+from octavo.backend import Backend, ModelRunnerOutput, SchedulerOutput
 from octavo.config import ConfigError, EngineConfig, ModelConfig
-from octavo.devices import select_backend
+from octavo.devices import loadable_backends, select_backend
+from octavo.engine.isolation import FaultIsolator, StepFaults
+from octavo.engine.options import parse_options
+from octavo.generation_config import generation_defaults
 from octavo.engine.output_processor import OutputProcessor, ParentState, SequenceState
 from octavo.detokenizer import IncrementalDetokenizer
 from octavo.kv_cache import KVCacheManager
-from octavo.loader import load_tokenizer
+from octavo.loader import load_tokenizer, resolve_model_path
 from octavo.outputs import RequestOutput
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import RequestOutputKind, SamplingParams
@@ -40,20 +48,27 @@ class InputError(ValueError):
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, backend: Backend | None = None):
-        """`backend` bypasses device selection (conformance tests of a backend under emulation)."""
+        """`backend` bypasses device selection (a backend class that is not registered, e.g.
+        one emulated on the CPU for testing); `config.device_options` then replace its options."""
         check_config(config)
         self.config = config
         torch.manual_seed(config.seed)  # unseeded requests draw from the global generators
-        self.backend = backend or select_backend(config.device)
+        if backend is None:
+            backend = select_backend(config.device, config.device_options)
+        elif config.device_options:
+            backend.options = parse_options(type(backend), config.device_options, loadable_backends())
+        self.backend = backend
         self.backend.check_and_update_config(config)
         self.worker = self.backend.create_worker(config)
         self.model_config: ModelConfig = self.worker.load_model()
         self.tokenizer = load_tokenizer(config.model, config.tokenizer)
-        self.max_model_len = self.model_config.max_model_len
+        num_blocks = config.num_kv_blocks or self.worker.num_kv_blocks(config.block_size)
+        self.max_model_len = self.model_config.max_model_len = fit_max_model_len(
+            config, self.model_config.max_model_len, num_blocks)
         if config.max_num_batched_tokens is None:
             config.max_num_batched_tokens = max(2048, config.max_num_seqs) if config.enable_chunked_prefill \
                 else max(self.max_model_len, config.max_num_seqs)
-        num_blocks = config.num_kv_blocks or self.worker.num_kv_blocks(config.block_size)
+        check_batch_budget(config, self.max_model_len)
         self.worker.allocate_kv_cache(num_blocks, config.block_size)
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.eos_token_id = self.tokenizer.eos_token_id
@@ -62,6 +77,12 @@ class LLMEngine:
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.enable_chunked_prefill, self.structured_output)
         self.outputs = OutputProcessor(self.tokenizer)
+        self.isolator = FaultIsolator(self._run, self.scheduler.resend, self.kv.block_ids, self.outputs.parent_id)
+        self.generation_defaults = generation_defaults(resolve_model_path(config.model), config.generation_config,
+                                                       config.override_generation_config)
+        if self.generation_defaults:
+            logger.info("sampling defaults from the model's generation config (--generation-config vllm "
+                        "turns them off): %s", ", ".join(f"{k}={v}" for k, v in self.generation_defaults.items()))
         self.worker.warm_up()
         logger.info("engine ready: %s on %s (%s), %d KV blocks of %d tokens", self.model_config.architecture,
                     self.backend.name, config.dtype, num_blocks, config.block_size)
@@ -89,13 +110,7 @@ class LLMEngine:
             raise InputError(f"the prompt has {len(token_ids)} tokens; this model's maximum context "
                              f"length is {self.max_model_len} tokens, and at least one must be "
                              "left to generate", "prompt")
-        if self.kv.blocks_needed(len(token_ids) + 1) > self.kv.num_blocks:
-            raise InputError(f"the prompt needs more KV cache than the engine has "
-                             f"({self.kv.num_blocks * self.kv.block_size} tokens)", "prompt")
-        for name in ("logprobs", "prompt_logprobs"):
-            value = getattr(params, name)
-            if value is not None and value > self.config.max_logprobs:
-                raise InputError(f"{name} must be at most {self.config.max_logprobs}, got {value}", name)
+        self._check_params(params)
         grammar = None
         if params.structured_outputs is not None:
             try:
@@ -107,6 +122,27 @@ class LLMEngine:
                               logprobs=[] if params.logprobs is not None else None)
                 for i in range(params.num_sequences)]
         return ParentState(request_id, text, token_ids, params, seqs, grammar=grammar)
+
+    def _check_params(self, params: SamplingParams) -> None:
+        """What SamplingParams cannot check alone (it does not know the model): every value
+        that reaches the sampling tensors must be one they can hold."""
+        vocab = self.model_config.vocab_size
+        max_logprobs = min(self.config.max_logprobs, vocab)
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(params, name)
+            if value is not None and value > max_logprobs:
+                raise InputError(f"{name} must be at most {max_logprobs}, got {value}", name)
+        if params.prompt_logprobs is not None and not self.backend.prompt_logprobs:
+            raise InputError(f"prompt_logprobs: the {self.backend.name} backend does not compute logprobs of "
+                             "prompt tokens", "prompt_logprobs")
+        if params.top_k > vocab:
+            raise InputError(f"top_k must be -1 (off) or in [1, {vocab}] (the vocabulary), got {params.top_k}",
+                             "top_k")
+        for name, ids in (("stop_token_ids", params.stop_token_ids), ("allowed_token_ids", params.allowed_token_ids),
+                          ("logit_bias", params.logit_bias)):
+            bad = next((t for t in ids or () if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise InputError(f"{name} must hold token ids in [0, {vocab}), got {bad}", name)
 
     def _detokenizer(self, prompt_ids: list[int], params: SamplingParams) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(
@@ -131,7 +167,9 @@ class LLMEngine:
                     seed=None if params.seed is None else params.seed + seq.index,
                     logprobs=params.logprobs if params.logprobs is not None or params.n == params.num_sequences
                     else 0)
-            grammar = GrammarState(parent.grammar) if parent.grammar is not None else None
+            grammar = None
+            if parent.grammar is not None:
+                grammar = GrammarState(parent.grammar, params.structured_outputs.reasoning_end_ids)
             self.scheduler.add_request(Request(seq.request_id, parent.prompt_token_ids, child, max_tokens,
                                                self.eos_token_id, parent.arrival_time, grammar=grammar))
 
@@ -148,16 +186,47 @@ class LLMEngine:
     # ------------------------------------------------------------------ step
 
     def step(self) -> list[RequestOutput]:
+        """Raises only EngineDeadError (or a bug outside any one request): the engine is done."""
         batch = self.scheduler.schedule()
         failed = self._fail_grammars()
         if not batch.requests:
             self.structured_output.wait_for_compile(GRAMMAR_WAIT_S)  # idle until a grammar is ready
             return failed
-        result = self.worker.execute(batch)
+        result, faults = self.isolator.run(batch)
+        if faults is not None:
+            failed += self._end_faulty(batch, faults)
         sampled = self.scheduler.update(batch, result)
-        outputs, stopped = self.outputs.process(sampled, result)
+        outputs, stopped, errors = self.outputs.process(sampled, result)
         self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
+        failed += [out for rid, exc in errors.items() if (out := self._fail_request(rid, exc)) is not None]
         return failed + outputs
+
+    def _run(self, batch: SchedulerOutput) -> ModelRunnerOutput:
+        self.worker.execute_model(batch)
+        grammar = self.scheduler.grammar_bitmask(batch)  # on the host while the device computes
+        return self.worker.sample_tokens(grammar)
+
+    def _end_faulty(self, batch: SchedulerOutput, faults: StepFaults) -> list[RequestOutput]:
+        """Fail the requests that failed alone; send those that read their blocks back to the
+        queue. Neither may leave the blocks this step was writing in the prefix cache."""
+        for row in [*faults.failed, *faults.void]:
+            request = self.scheduler.requests.get(batch.requests[row].request_id)
+            if request is not None:
+                self.kv.uncache_uncomputed(request)
+        self.scheduler.preempt_requests(batch.requests[row].request_id for row in faults.void)
+        return [out for row, exc in faults.failed.items()
+                if (out := self._fail_request(batch.requests[row].request_id, exc)) is not None]
+
+    def _fail_request(self, child_id: str, exc: Exception) -> RequestOutput | None:
+        """End the caller's request (every sequence of it) with finish reason "error"."""
+        parent_id = self.outputs.parent_id(child_id)
+        logger.error("request %s failed in the engine: %s: %s", parent_id or child_id, type(exc).__name__, exc,
+                     exc_info=exc)
+        if parent_id is None:
+            self.scheduler.finish_requests([child_id], RequestStatus.FINISHED_ERROR)
+            return None
+        self.scheduler.finish_requests(self.outputs.child_ids(parent_id), RequestStatus.FINISHED_ERROR)
+        return self.outputs.abort(parent_id, error="the engine failed while running this request")
 
     def _fail_grammars(self) -> list[RequestOutput]:
         """Abort the requests whose grammar failed to compile (it parsed, so this is rare)."""
@@ -176,6 +245,33 @@ class LLMEngine:
     def shutdown(self) -> None:
         self.structured_output.shutdown()
         self.worker.shutdown()
+
+
+def fit_max_model_len(config: EngineConfig, max_model_len: int, num_blocks: int) -> int:
+    """A sequence of max_model_len tokens must fit the KV cache, or a request alone in the
+    engine could outgrow it and wait forever. An explicit --max-model-len that does not fit is
+    an error; the model's own limit is lowered to what fits, with a warning."""
+    capacity = num_blocks * config.block_size
+    if max_model_len <= capacity:
+        return max_model_len
+    numbers = (f"max_model_len is {max_model_len} tokens but the KV cache holds {capacity} "
+               f"({num_blocks} blocks of {config.block_size} tokens)")
+    if config.max_model_len is not None or capacity < 2:
+        raise ConfigError(f"{numbers}: one full-length sequence does not fit. Give the cache more memory "
+                          "(--kv-cache-memory, --num-kv-blocks) or lower --max-model-len.")
+    logger.warning("%s: lowering max_model_len to %d (give the cache more memory to serve longer contexts)",
+                   numbers, capacity)
+    return capacity
+
+
+def check_batch_budget(config: EngineConfig, max_model_len: int) -> None:
+    """Without chunked prefill a prompt runs in one step, so the step budget must hold the
+    longest one (vLLM refuses the same)."""
+    if not config.enable_chunked_prefill and config.max_num_batched_tokens < max_model_len:
+        raise ConfigError(f"max_num_batched_tokens ({config.max_num_batched_tokens}) is smaller than "
+                          f"max_model_len ({max_model_len}) and chunked prefill is off: longer prompts could "
+                          "never be scheduled. Raise max_num_batched_tokens, lower max_model_len or enable "
+                          "chunked prefill.")
 
 
 def check_config(config: EngineConfig) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -83,10 +84,12 @@ class OutputProcessor:
     # ------------------------------------------------------------------ per step
 
     def process(self, sampled: list[tuple[Request, int]],
-                result: ModelRunnerOutput) -> tuple[list[RequestOutput], list[str]]:
-        """Returns the outputs to deliver and the child ids a stop string ended."""
+                result: ModelRunnerOutput) -> tuple[list[RequestOutput], list[str], dict[str, Exception]]:
+        """Returns the outputs to deliver, the child ids a stop string ended, and the child ids
+        whose processing raised (with the exception): the engine fails those alone."""
         touched: dict[str, ParentState] = {}
         stopped: list[str] = []
+        errors: dict[str, Exception] = {}
         for rid, lps in result.prompt_logprobs.items():
             parent, seq = self.seqs[rid]
             if seq.index == 0:
@@ -94,36 +97,54 @@ class OutputProcessor:
         now = time.monotonic()
         for request, token_id in sampled:
             parent, seq = self.seqs[request.request_id]
-            parent.first_token_time = parent.first_token_time or now
-            parent.first_scheduled_time = parent.first_scheduled_time or request.first_scheduled_time
-            parent.num_cached_tokens = max(request.num_cached_tokens, 0)
-            seq.token_ids.append(token_id)
-            lps = result.logprobs.get(request.request_id)
-            if lps is not None:
-                seq.cumulative_logprob = (seq.cumulative_logprob or 0.0) + lps.logprobs[0][0]
-                if seq.logprobs is not None:
-                    seq.logprobs.extend(self._to_positions(lps))
-            # A stop token's text is left out unless include_stop_str_in_output (as vLLM).
-            stop_str = seq.detokenizer.update(
-                [token_id], stop_terminated=request.status == RequestStatus.FINISHED_STOPPED)
-            if stop_str is not None:
-                seq.finish_reason, seq.stop_reason = "stop", stop_str
-                stopped.append(request.request_id)
-            elif request.status.finished:
-                seq.finish_reason, seq.stop_reason = request.status.finish_reason, request.stop_reason
+            try:
+                if self._append(parent, seq, request, token_id, result, now):
+                    stopped.append(request.request_id)
+            except Exception as exc:  # noqa: BLE001 - one request's failure, not the step's
+                errors[request.request_id] = exc
+                continue
             touched[parent.request_id] = parent
         outputs = [out for p in touched.values() if (out := self._output(p)) is not None]
-        return outputs, stopped
+        return outputs, stopped, errors
 
-    def abort(self, request_id: str) -> RequestOutput | None:
-        """End every unfinished sequence of a request; the final output says `abort`."""
+    def _append(self, parent: ParentState, seq: SequenceState, request: Request, token_id: int,
+                result: ModelRunnerOutput, now: float) -> bool:
+        """Add one sampled token to its sequence; True when a stop string ended it."""
+        parent.first_token_time = parent.first_token_time or now
+        parent.first_scheduled_time = parent.first_scheduled_time or request.first_scheduled_time
+        parent.num_cached_tokens = max(request.num_cached_tokens, 0)
+        seq.token_ids.append(token_id)
+        lps = result.logprobs.get(request.request_id)
+        if lps is not None:
+            seq.cumulative_logprob = (seq.cumulative_logprob or 0.0) + lps.logprobs[0][0]
+            if seq.logprobs is not None:
+                seq.logprobs.extend(self._to_positions(lps))
+        # A stop token's text is left out unless include_stop_str_in_output (as vLLM).
+        stop_str = seq.detokenizer.update(
+            [token_id], stop_terminated=request.status == RequestStatus.FINISHED_STOPPED)
+        if stop_str is not None:
+            seq.finish_reason, seq.stop_reason = "stop", stop_str
+            return True
+        if request.status.finished:
+            seq.finish_reason, seq.stop_reason = request.status.finish_reason, request.stop_reason
+        return False
+
+    def abort(self, request_id: str, error: str | None = None) -> RequestOutput | None:
+        """End every unfinished sequence of a request; the final output says `abort`, or
+        `error` (with the message) when the engine failed on it."""
         parent = self.parents.get(request_id)
         if parent is None:
             return None
         for seq in parent.seqs:
             if seq.finish_reason is None:
-                seq.finish_reason = "abort"
-        return self._output(parent)
+                seq.finish_reason = "abort" if error is None else "error"
+        try:
+            out = self._output(parent)
+        finally:
+            self._forget(parent)  # even if building the output failed: nothing may linger
+        if out is not None:
+            out.error = error
+        return out
 
     # ------------------------------------------------------------------ outputs
 
@@ -178,7 +199,9 @@ class OutputProcessor:
     @staticmethod
     def _best(completions: list[CompletionOutput], params: SamplingParams) -> list[CompletionOutput]:
         """best_of: keep the n sequences with the highest cumulative logprob."""
-        best = sorted(completions, key=lambda c: c.cumulative_logprob, reverse=True)[:params.n]
+        # A sequence ended (aborted) before its first token has no score yet: it ranks last.
+        best = sorted(completions, key=lambda c: -math.inf if c.cumulative_logprob is None else c.cumulative_logprob,
+                      reverse=True)[:params.n]
         for index, c in enumerate(best):
             c.index = index
             if params.logprobs is None:

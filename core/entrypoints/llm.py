@@ -16,11 +16,16 @@ from octavo.sampling_params import RequestOutputKind, SamplingParams
 
 class LLM:
     def __init__(self, model: str | None = None, *, backend: Backend | None = None, **engine_args):
-        self.engine = LLMEngine(EngineConfig(model=model, **engine_args), backend)
+        """`engine_args`: EngineConfig's fields, and the device backend's options by name."""
+        self.engine = LLMEngine(EngineConfig.from_kwargs(model=model, **engine_args), backend)
         self._ids = itertools.count()
 
     def get_tokenizer(self):
         return self.engine.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams with the model's generation-config defaults (--generation-config)."""
+        return SamplingParams(**self.engine.generation_defaults)
 
     def generate(self, prompts: Prompt | Sequence[Prompt] | None = None,
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
@@ -32,7 +37,7 @@ class LLM:
         elif isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         if sampling_params is None or isinstance(sampling_params, SamplingParams):
-            sampling_params = [sampling_params or SamplingParams()] * len(prompts)
+            sampling_params = [sampling_params or self.get_default_sampling_params()] * len(prompts)
         if len(sampling_params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(sampling_params)} sampling params")
         ids = []

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from octavo.backend import QuantizedTensor
 from octavo.config import ConfigError, EngineConfig, ModelConfig
 from octavo.loader import gguf
 from octavo.models import model_class
@@ -47,6 +48,16 @@ def iter_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
                 yield name, f.get_tensor(name)
 
 
+def iter_model_weights(path: str, hf_config, dtype: torch.dtype, quantized_types: frozenset[str] = frozenset()
+                       ) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
+    """The checkpoint's tensors under their HF names: safetensors as stored, GGUF dequantized
+    to `dtype` but for 2-D tensors of `quantized_types`, kept in their blocks (for backends
+    that convert the model to a runtime of their own)."""
+    if gguf.is_gguf(path):
+        return gguf.iter_gguf_tensors(path, hf_config, dtype, quantized_types)
+    return iter_safetensors(path)
+
+
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype):
     old = torch.get_default_dtype()
@@ -57,25 +68,16 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def load_model(config: EngineConfig, device: torch.device, ops: LayerOps,
-               quantized_types: frozenset[str] = frozenset()) -> tuple[nn.Module, ModelConfig]:
-    """Build the model on `device`, its norms and rotary embeddings computing with `ops`;
-    GGUF linears of `quantized_types` keep their blocks (octavo.backend.QuantizedTensor)."""
-    path = resolve_model_path(config.model)
-    hf_config = load_hf_config(path)
-    arch, cls = model_class(hf_config)
+def model_config_for(config: EngineConfig, hf_config) -> ModelConfig:
+    """The model's shapes and limits (its architecture must be one the core knows; the
+    context no longer than its positions)."""
+    arch, _ = model_class(hf_config)
     max_positions = hf_config.max_position_embeddings
     max_model_len = config.max_model_len or max_positions
     if max_model_len > max_positions:
         raise ConfigError(f"max_model_len {max_model_len} exceeds the model's "
                           f"max_position_embeddings {max_positions}")
-    with _default_dtype(config.dtype), torch.device(device):
-        model = cls(hf_config, max_positions, ops)
-    weights = (gguf.iter_gguf_tensors(path, hf_config, config.dtype, quantized_types) if gguf.is_gguf(path)
-               else iter_safetensors(path))
-    load_weights(model, weights, hf_config.tie_word_embeddings)
-    model.eval().requires_grad_(False)
-    model_config = ModelConfig(
+    return ModelConfig(
         architecture=arch,
         hf_config=hf_config,
         dtype=config.dtype,
@@ -86,6 +88,21 @@ def load_model(config: EngineConfig, device: torch.device, ops: LayerOps,
         num_kv_heads=hf_config.num_key_value_heads,
         head_dim=head_dim_of(hf_config),
     )
+
+
+def load_model(config: EngineConfig, device: torch.device, ops: LayerOps,
+               quantized_types: frozenset[str] = frozenset()) -> tuple[nn.Module, ModelConfig]:
+    """Build the model on `device`, its norms and rotary embeddings computing with `ops`;
+    GGUF linears of `quantized_types` keep their blocks (octavo.backend.QuantizedTensor)."""
+    path = resolve_model_path(config.model)
+    hf_config = load_hf_config(path)
+    model_config = model_config_for(config, hf_config)
+    _, cls = model_class(hf_config)
+    with _default_dtype(config.dtype), torch.device(device):
+        model = cls(hf_config, hf_config.max_position_embeddings, ops)
+    load_weights(model, iter_model_weights(path, hf_config, config.dtype, quantized_types),
+                 hf_config.tie_word_embeddings)
+    model.eval().requires_grad_(False)
     return model, model_config
 
 

@@ -5,7 +5,7 @@ every RMSNorm (with the residual add in front of it), rotary embedding and gated
 activation goes through it.
 The defaults here are plain torch, op for op as HF transformers, so the CPU backend matches
 HF bit for bit. A backend overrides a method with kernels that compute the same thing (the
-CUDA backend's Triton RMSNorm and rotary kernels turn ~8 small kernels into one).
+GPU backends' fused RMSNorm and rotary kernels turn ~8 small kernels into one).
 
 Nothing here may read device memory back to the host: decode steps are captured in graphs.
 """

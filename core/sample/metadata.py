@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from octavo.backend import ScheduledRequest
+from octavo.worker.states import RequestState
 from octavo.sampling_params import SamplingParams
 
 
@@ -29,7 +29,7 @@ class SamplingMetadata:
     grammar: tuple[torch.Tensor, torch.Tensor | None] | None = None  # bitmask, its rows (None: all)
 
     @classmethod
-    def build(cls, reqs: list[ScheduledRequest], generators: dict[int, torch.Generator],
+    def build(cls, reqs: list[RequestState], generators: dict[int, torch.Generator],
               device: torch.device,
               grammar: tuple[torch.Tensor, list[int]] | None = None) -> SamplingMetadata:
         """O(requests) per step; token lists are copied only when penalties need them.

@@ -1,6 +1,8 @@
 """llguidance: lazy Earley parsing with a token trie, masks computed on demand in parallel."""
 from __future__ import annotations
 
+import json
+
 import llguidance as llg
 import llguidance.hf
 import llguidance.torch
@@ -8,6 +10,9 @@ import torch
 
 from octavo.structured_output.backend import GrammarBackend, GrammarError
 from octavo.structured_output.params import StructuredOutputParams
+
+
+_COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}  # one space at most
 
 
 class LLGuidanceBackend(GrammarBackend):
@@ -23,9 +28,13 @@ class LLGuidanceBackend(GrammarBackend):
         try:
             if spec.is_json:
                 schema = spec.schema()
-                options = {"whitespace_pattern": spec.whitespace_pattern} if spec.whitespace_pattern else None
+                options = {"whitespace_pattern": spec.whitespace_pattern} if spec.whitespace_pattern else {}
+                if spec.disable_any_whitespace:
+                    options = _COMPACT
                 grammar = llg.LLMatcher.grammar_from_json_schema(
-                    _closed(schema) if spec.strict and not spec.json_object else schema, overrides=options)
+                    _closed(schema) if spec.strict and not spec.json_object else schema, overrides=options or None)
+            elif spec.structural_tag is not None:
+                grammar = _structural_tag(spec.tag(), spec.disable_any_whitespace)
             elif spec.regex is not None:
                 grammar = llg.LLMatcher.grammar_from_regex(spec.regex)
             elif spec.choice is not None:
@@ -58,6 +67,22 @@ class LLGuidanceBackend(GrammarBackend):
 
     def accept(self, matchers: list, tokens: list[int]) -> list[bool]:
         return self.executor.consume_token_par(list(zip(matchers, tokens)))
+
+
+def _structural_tag(tag: dict, compact: bool) -> str:
+    """vLLM's structural tag as a Lark grammar: free text, where each trigger (matched as text, a
+    lazy lexeme) starts its structure. (llguidance's StructTag.to_grammar reads a trigger like
+    `<tool_call>` as a special token, which fails on tokenizers where it is plain text.)"""
+    options = {"x-guidance": _COMPACT} if compact else {}
+    names = [f"tag_{i}" for i in range(len(tag["structures"]))]
+    lines = ["%llguidance {}", f"start: ({' | '.join(names)})* tag_end", "tag_end: TAG_TEXT", "TAG_TEXT: /(.|\\n)*/"]
+    for name, s in zip(names, tag["structures"]):
+        trigger = next(t for t in tag["triggers"] if s["begin"].startswith(t))
+        rest = s["begin"][len(trigger):]
+        lines += [f"{name}_trig[lazy]: TAG_TEXT {json.dumps(trigger)}",
+                  f"{name}: {name}_trig {json.dumps(rest) if rest else ''} %json {json.dumps(_closed(s['schema']) | options)} "
+                  f"{json.dumps(s['end']) if s['end'] else ''}"]
+    return "\n".join(lines) + "\n"
 
 
 def _closed(schema):

@@ -51,9 +51,22 @@ class GrammarState:
     its own matcher."""
 
     future: cf.Future
+    reasoning_end: tuple[int, ...] | None = None  # the constraint starts after these output tokens
     backend: GrammarBackend | None = None
     matcher: Any = None
     terminated: bool = False  # a stop token was accepted: nothing more to constrain
+
+    @property
+    def active(self) -> bool:
+        """Constrains the next token: past the reasoning, and not yet at its stop token."""
+        return self.reasoning_end is None and not self.terminated
+
+    def end_reasoning(self, token_ids: list[int], num_output_tokens: int) -> None:
+        """Called with each new token while reasoning: the constraint starts once the output
+        ends with `reasoning_end` (the tokens after it are the first it sees)."""
+        end = self.reasoning_end
+        if num_output_tokens >= len(end) and tuple(token_ids[-len(end):]) == end:
+            self.reasoning_end = None
 
     def ready(self) -> bool:
         """Compiled (the matcher is made on first call); False while compiling or if it failed."""

@@ -11,18 +11,32 @@ from octavo.structured_output.backend import GrammarBackend, GrammarError, error
 from octavo.structured_output.params import StructuredOutputParams
 
 
-# xgrammar 0.2.8 lets strings with a length limit hold raw control characters, which JSON
-# forbids (its other strings exclude them); the grammar is rebuilt with the right class.
-_LOOSE_STRING_CHAR = r'[^\"\\\r\n]'
-_JSON_STRING_CHAR = r'[^\0-\x1f\"\\]'
+# xgrammar 0.2.8-0.2.9 string classes are looser than JSON: strings with a length limit may hold
+# raw control characters, and every string may hold UTF-8-encoded surrogates (ED A0 80..ED BF BF),
+# which are not UTF-8 (they decode to U+FFFD, three per surrogate, past the length limit). The
+# grammar is rebuilt with the right class.
+_LOOSE_STRING_CHARS = (r'[^\"\\\r\n]', r'[^\0-\x1f\"\\\r\n]')
+_JSON_STRING_CHAR = r'[^\0-\x1f\"\\\uD800-\uDFFF]'
 
 
-def _json_grammar(schema: dict, strict: bool) -> xgr.Grammar:
-    grammar = xgr.Grammar.from_json_schema(schema, strict_mode=strict)
+def _json_grammar(schema: dict, strict: bool, any_whitespace: bool = True) -> xgr.Grammar:
+    grammar = xgr.Grammar.from_json_schema(schema, strict_mode=strict, any_whitespace=any_whitespace)
     ebnf = str(grammar)
-    if _LOOSE_STRING_CHAR not in ebnf:
+    if not any(loose in ebnf for loose in _LOOSE_STRING_CHARS):
         return grammar
-    return xgr.Grammar.from_ebnf(ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR))
+    for loose in _LOOSE_STRING_CHARS:
+        ebnf = ebnf.replace(loose, _JSON_STRING_CHAR)
+    return xgr.Grammar.from_ebnf(ebnf)
+
+
+def _triggered_tags(tag: dict, any_whitespace: bool) -> dict:
+    """vLLM's structural tag in xgrammar's own format. Each schema goes in as the grammar
+    `_json_grammar` builds (xgrammar's own json_schema content has neither the string fix nor
+    a whitespace bound)."""
+    tags = [{"type": "tag", "begin": s["begin"], "end": s["end"],
+             "content": {"type": "grammar", "grammar": str(_json_grammar(s["schema"], True, any_whitespace))}}
+            for s in tag["structures"]]
+    return {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": tag["triggers"], "tags": tags}}
 
 
 class XGrammarBackend(GrammarBackend):
@@ -42,7 +56,10 @@ class XGrammarBackend(GrammarBackend):
             raise GrammarError("whitespace_pattern needs the llguidance backend")
         try:
             if spec.is_json:
-                return _json_grammar(spec.schema(), strict=spec.strict and not spec.json_object)
+                return _json_grammar(spec.schema(), strict=spec.strict and not spec.json_object,
+                                     any_whitespace=not spec.disable_any_whitespace)
+            if spec.structural_tag is not None:
+                return xgr.Grammar.from_structural_tag(_triggered_tags(spec.tag(), not spec.disable_any_whitespace))
             if spec.regex is not None:
                 return xgr.Grammar.from_regex(spec.regex)
             if spec.choice is not None:

@@ -1,18 +1,24 @@
-"""Turns a SchedulerOutput into one forward pass and a sample, for torch-module backends."""
+"""Turns a SchedulerOutput into one forward pass and a sample, for torch-module backends.
+
+`execute_model` applies the step to the worker's requests, builds the step's flat inputs
+and launches the forward pass (eagerly, or padded to a captured shape when the backend has
+`StepGraphs`); `sample_tokens` then computes the logits of the positions that sample and
+hands them to the `StepSampler`.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from octavo.backend import (AttentionBackend, BatchLayout, ModelRunnerOutput, ScheduledRequest,
-                            SchedulerOutput, TokenLogprobs)
+from octavo.backend import (AttentionBackend, BatchLayout, GrammarBitmask, ModelRunnerOutput, SchedulerOutput,
+                            StepGraphs, StepShape)
 from octavo.models.layers import ForwardContext
-from octavo.sample.metadata import SamplingMetadata
 from octavo.sample.ops import SamplerOps
-from octavo.sample.sampler import Sampler, gather_logprobs
+from octavo.sample.step_sampler import StepSampler, prompt_logprobs
+from octavo.worker.states import RequestState, RequestStates
 
 
 @dataclass(slots=True)
@@ -24,11 +30,11 @@ class StepInputs:
     sample_rows: list[int]  # which scheduled requests sample
 
 
-def prepare_inputs(batch: SchedulerOutput) -> StepInputs:
-    """Flatten the batch with numpy: O(requests) Python, O(tokens) vectorised."""
-    reqs = batch.requests
+def prepare_inputs(batch: SchedulerOutput, reqs: list[RequestState]) -> StepInputs:
+    """Flatten the step (`reqs`: `RequestStates.update(batch)`) with numpy: O(requests)
+    Python, O(tokens) vectorised."""
     bs = batch.block_size
-    num_new = np.fromiter((r.num_new_tokens for r in reqs), np.int64, len(reqs))
+    num_new = np.fromiter((r.num_new_tokens for r in batch.requests), np.int64, len(reqs))
     computed = np.fromiter((r.num_computed_tokens for r in reqs), np.int64, len(reqs))
     cu = np.zeros(len(reqs) + 1, np.int64)
     np.cumsum(num_new, out=cu[1:])
@@ -39,11 +45,11 @@ def prepare_inputs(batch: SchedulerOutput) -> StepInputs:
     max_blocks = max(len(r.block_ids) for r in reqs)
     block_tables = np.zeros((len(reqs), max_blocks), np.int32)
     for i, r in enumerate(reqs):
-        input_ids[cu[i]:cu[i + 1]] = r.token_ids[r.num_computed_tokens:r.num_computed_tokens + r.num_new_tokens]
+        input_ids[cu[i]:cu[i + 1]] = r.token_ids[r.num_computed_tokens:r.num_computed_tokens + int(num_new[i])]
         block_tables[i, :len(r.block_ids)] = r.block_ids
     slot_mapping = block_tables[req_index, positions // bs].astype(np.int64) * bs + positions % bs
     seq_lens = (computed + num_new).astype(np.int32)
-    sample_rows = [i for i, r in enumerate(reqs) if r.samples]
+    sample_rows = [i for i, r in enumerate(batch.requests) if r.samples]
     layout = BatchLayout(
         query_start_loc=torch.from_numpy(cu.astype(np.int32)),
         seq_lens=torch.from_numpy(seq_lens),
@@ -57,90 +63,125 @@ def prepare_inputs(batch: SchedulerOutput) -> StepInputs:
                       torch.from_numpy(cu[1:][sample_rows] - 1), sample_rows)
 
 
-def _grammar(batch: SchedulerOutput, sample_rows: list[int]) -> tuple[torch.Tensor, list[int]] | None:
-    """The step's grammar bitmask with each row's position among the sampling requests.
+def pad_inputs(inputs: StepInputs, shape: StepShape, pad_slot: int, block_table_width: int | None) -> StepInputs:
+    """The step padded to `shape`: padding requests have no tokens and no context, padding
+    tokens (id 0, position 0) belong to no request and write to `pad_slot`; block tables are
+    widened to `block_table_width` columns. The real requests' rows are unchanged."""
+    layout = inputs.layout
+    extra_tokens, extra_reqs = shape.num_tokens - layout.num_tokens, shape.num_reqs - layout.num_reqs
+    if extra_tokens < 0 or extra_reqs < 0:
+        raise ValueError(f"a step of {layout.num_tokens} tokens and {layout.num_reqs} requests "
+                         f"does not fit {shape}")
+    width = max(block_table_width or 0, layout.block_tables.shape[1])
+    tables = torch.zeros(shape.num_reqs, width, dtype=torch.int32)
+    tables[:layout.num_reqs, :layout.block_tables.shape[1]] = layout.block_tables
+    padded = replace(
+        layout,
+        query_start_loc=torch.cat([layout.query_start_loc, layout.query_start_loc[-1:].expand(extra_reqs)]),
+        seq_lens=torch.cat([layout.seq_lens, torch.zeros(extra_reqs, dtype=torch.int32)]),
+        block_tables=tables,
+        slot_mapping=torch.cat([layout.slot_mapping, torch.full((extra_tokens,), pad_slot, dtype=torch.int64)]))
+    zeros = torch.zeros(extra_tokens, dtype=torch.int64)
+    return replace(inputs, input_ids=torch.cat([inputs.input_ids, zeros]),
+                   positions=torch.cat([inputs.positions, zeros]), layout=padded)
 
-    Called as soon as the forward pass is launched: on an asynchronous device the masks are
-    filled while it runs (a host-to-device copy from pageable memory would wait for it)."""
-    if batch.grammar is None:
-        return None
-    position = {row: i for i, row in enumerate(sample_rows)}
-    return batch.grammar.tensor(), [position[row] for row in batch.grammar.rows]
+
+def dummy_inputs(shape: StepShape, block_size: int, pad_slot: int, block_table_width: int | None) -> StepInputs:
+    """A step of `shape` for capture and warm-up: requests of one token each at position 0
+    (the rest of the tokens unowned), every write going to `pad_slot`."""
+    num_reqs = min(shape.num_reqs, shape.num_tokens)
+    layout = BatchLayout(
+        query_start_loc=torch.arange(num_reqs + 1, dtype=torch.int32),
+        seq_lens=torch.ones(num_reqs, dtype=torch.int32),
+        block_tables=torch.zeros(num_reqs, 1, dtype=torch.int32),
+        slot_mapping=torch.full((num_reqs,), pad_slot, dtype=torch.int64),
+        max_query_len=1, max_seq_len=1, block_size=block_size)
+    zeros = torch.zeros(num_reqs, dtype=torch.int64)
+    inputs = StepInputs(zeros, zeros, layout, torch.arange(num_reqs), list(range(num_reqs)))
+    return pad_inputs(inputs, shape, pad_slot, block_table_width)
+
+
+@dataclass(slots=True)
+class _Step:
+    """What `sample_tokens` needs of the step `execute_model` launched."""
+
+    batch: SchedulerOutput
+    reqs: list[RequestState]
+    inputs: StepInputs
+    hidden: torch.Tensor
 
 
 class ModelRunner:
     def __init__(self, model: nn.Module, attn: AttentionBackend, device: torch.device,
-                 sampler_ops: SamplerOps):
+                 sampler_ops: SamplerOps, graphs: StepGraphs | None = None):
         self.model = model
         self.attn = attn
         self.device = device
-        self.sampler = Sampler(sampler_ops)
-        self.generators: dict[str, torch.Generator] = {}
+        self.graphs = graphs
+        self.states = RequestStates()
+        self.sampler = StepSampler(sampler_ops, device)
+        self._step: _Step | None = None
 
     @torch.inference_mode()
-    def execute(self, batch: SchedulerOutput) -> ModelRunnerOutput:
-        for rid in batch.finished_request_ids:
-            self.generators.pop(rid, None)
-        if not batch.requests:
+    def execute_model(self, batch: SchedulerOutput) -> None:
+        reqs = self.states.update(batch)
+        self._step = None
+        if batch.requests:
+            inputs = prepare_inputs(batch, reqs)
+            self._step = _Step(batch, reqs, inputs, self.forward(inputs))
+
+    @torch.inference_mode()
+    def sample_tokens(self, grammar: GrammarBitmask | None) -> ModelRunnerOutput:
+        step, self._step = self._step, None
+        if step is None:
             return ModelRunnerOutput([])
-        inputs = prepare_inputs(batch)
-        hidden = self.forward(inputs)
-        grammar = _grammar(batch, inputs.sample_rows)  # before any copy that waits for the forward
-        out = ModelRunnerOutput([-1] * len(batch.requests))
-        self._prompt_logprobs(batch, inputs, hidden, out)
-        if not inputs.sample_rows:
-            return out
-        logits = self.model.compute_logits(hidden[inputs.logits_indices.to(self.device)])
-        reqs = [batch.requests[i] for i in inputs.sample_rows]
-        md = SamplingMetadata.build(reqs, self._generators(reqs), self.device, grammar)
-        sampled = self.sampler(logits, md)
-        token_ids = sampled.token_ids.tolist()
-        for row, token in zip(inputs.sample_rows, token_ids):
-            out.sampled_token_ids[row] = token
-        if sampled.logprobs is not None:
-            self._collect_logprobs(reqs, sampled, out)
+        out = ModelRunnerOutput([-1] * len(step.reqs))
+        self._prompt_logprobs(step, out)
+        rows = step.inputs.sample_rows
+        if rows:
+            logits = self.model.compute_logits(step.hidden[step.inputs.logits_indices.to(self.device)])
+            self.sampler.sample([step.reqs[i] for i in rows], rows, logits, grammar, out)
         return out
 
+    # ------------------------------------------------------------------ forward
+
     def forward(self, inputs: StepInputs) -> torch.Tensor:
-        """Hidden states of the step's tokens. Backends override it to replay captured graphs."""
-        ctx = ForwardContext(self.attn, self.attn.build_metadata(inputs.layout, self.device))
-        return self.model(inputs.input_ids.to(self.device, non_blocking=True),
-                          inputs.positions.to(self.device, non_blocking=True), ctx)
+        """Hidden states of the step's tokens: replayed from a captured shape where the
+        backend has one for this step, else eagerly."""
+        shape = self.graphs.shape_for(inputs.layout) if self.graphs is not None else None
+        if shape is None:
+            return self._forward(*self._to_device(inputs))
+        padded = pad_inputs(inputs, shape, self.graphs.pad_slot, self.graphs.block_table_width)
+        return self.graphs.run(shape, *self._to_device(padded))[:inputs.layout.num_tokens]
 
-    def _generators(self, reqs: list[ScheduledRequest]) -> dict[int, torch.Generator]:
-        gens = {}
-        for row, r in enumerate(reqs):
-            seed = r.sampling_params.seed
-            if seed is None or r.sampling_params.greedy:
-                continue
-            gen = self.generators.get(r.request_id)
-            if gen is None:
-                gen = self.generators[r.request_id] = torch.Generator(self.device).manual_seed(seed)
-            gens[row] = gen
-        return gens
+    def capture_graphs(self, block_size: int) -> None:
+        """Capture or compile every shape the backend runs statically (warm-up)."""
+        if self.graphs is None:
+            return
+        with torch.inference_mode():
+            for shape in self.graphs.shapes():
+                inputs = dummy_inputs(shape, block_size, self.graphs.pad_slot, self.graphs.block_table_width)
+                self.graphs.capture(shape, self._forward, *self._to_device(inputs))
 
-    @staticmethod
-    def _collect_logprobs(reqs, sampled, out: ModelRunnerOutput) -> None:
-        ids, values, ranks = (sampled.logprob_token_ids.tolist(), sampled.logprobs.tolist(),
-                              sampled.ranks.tolist())
-        for row, r in enumerate(reqs):
-            k = r.sampling_params.logprobs
-            if k is not None:
-                out.logprobs[r.request_id] = TokenLogprobs([ids[row][:k + 1]], [values[row][:k + 1]],
-                                                           [ranks[row]])
+    def _to_device(self, inputs: StepInputs):
+        return (inputs.input_ids.to(self.device, non_blocking=True),
+                inputs.positions.to(self.device, non_blocking=True),
+                self.attn.build_metadata(inputs.layout, self.device))
 
-    def _prompt_logprobs(self, batch: SchedulerOutput, inputs: StepInputs, hidden: torch.Tensor,
-                         out: ModelRunnerOutput) -> None:
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata) -> torch.Tensor:
+        return self.model(input_ids, positions, ForwardContext(self.attn, metadata))
+
+    # ------------------------------------------------------------------ logprobs
+
+    def _prompt_logprobs(self, step: _Step, out: ModelRunnerOutput) -> None:
         """Logprob of each prompt token given the ones before it, chunk by chunk."""
-        starts = inputs.layout.query_start_loc
-        for i, r in enumerate(batch.requests):
+        starts = step.inputs.layout.query_start_loc
+        for i, (scheduled, r) in enumerate(zip(step.batch.requests, step.reqs)):
             k = r.sampling_params.prompt_logprobs
             start = r.num_computed_tokens
-            count = min(start + r.num_new_tokens, r.num_prompt_tokens - 1) - start
+            count = min(start + scheduled.num_new_tokens, r.num_prompt_tokens - 1) - start
             if k is None or count <= 0:
                 continue
             first = int(starts[i])
-            logprobs = self.model.compute_logits(hidden[first:first + count]).log_softmax(dim=-1)
-            targets = torch.tensor(r.token_ids[start + 1:start + 1 + count], device=logprobs.device)
-            ids, values, ranks = gather_logprobs(logprobs, targets, k)
-            out.prompt_logprobs[r.request_id] = TokenLogprobs(ids.tolist(), values.tolist(), ranks.tolist())
+            logits = self.model.compute_logits(step.hidden[first:first + count])
+            out.prompt_logprobs[r.request_id] = prompt_logprobs(logits, r.token_ids[start + 1:start + 1 + count], k)

@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from octavo.backend import AttentionBackend, Backend, ModelRunnerOutput, SchedulerOutput, Worker
-from octavo.config import EngineConfig, ModelConfig
+from octavo.backend import (AttentionBackend, Backend, EngineConfig, GrammarBitmask, ModelConfig,
+                            ModelRunnerOutput, SchedulerOutput, Worker)
 from octavo.loader import load_model
 from octavo.models.layers import Attention
 from octavo.worker.model_runner import ModelRunner
 
 
 class TorchWorker(Worker):
-    """Subclasses decide how many KV blocks fit (`num_kv_blocks`), may add warm-up, and may
-    bring their own ModelRunner subclass (`runner_class`), e.g. one that replays graphs."""
-
-    runner_class: type[ModelRunner] = ModelRunner
+    """Subclasses decide how many KV blocks fit (`num_kv_blocks`); the backend's hooks supply
+    the attention, the fused layer ops, the sampler ops and static-shape graphs."""
 
     def __init__(self, config: EngineConfig, backend: Backend, device: torch.device,
                  attention: AttentionBackend):
@@ -43,15 +41,22 @@ class TorchWorker(Worker):
                 shape = self.attention.kv_cache_shape(num_blocks, block_size, module.spec.num_kv_heads,
                                                       module.spec.head_dim)
                 module.kv_cache = self.new_kv_cache(shape)
-        self.runner = self.runner_class(self.model, self.attention, self.device, self.backend.sampler_ops())
+        graphs = self.backend.step_graphs(self.config, self.model_config, self.device)
+        self.runner = ModelRunner(self.model, self.attention, self.device, self.backend.sampler_ops(), graphs)
 
     def new_kv_cache(self, shape: tuple[int, ...]) -> torch.Tensor:
         """One layer's cache, zeroed; a backend whose kernels never read a slot before writing
         it may skip the fill (on the CPU, zeroing gigabytes of cache slows every start)."""
         return torch.zeros(shape, dtype=self.kv_cache_dtype(), device=self.device)
 
-    def execute(self, batch: SchedulerOutput) -> ModelRunnerOutput:
-        return self.runner.execute(batch)
+    def warm_up(self) -> None:
+        self.runner.capture_graphs(self.config.block_size)
+
+    def execute_model(self, batch: SchedulerOutput) -> None:
+        self.runner.execute_model(batch)
+
+    def sample_tokens(self, grammar: GrammarBitmask | None) -> ModelRunnerOutput:
+        return self.runner.sample_tokens(grammar)
 
     def shutdown(self) -> None:
         self.runner = None

@@ -20,15 +20,14 @@ left). A reply without calls is content exactly as generated.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import partial_json_parser
+
+from octavo.server.plugins import ParserRegistry
 
 
 @dataclass(slots=True)
@@ -83,6 +82,9 @@ class ToolParser:
 
     def __init__(self, tools: list[dict] | None = None):
         self.tools = tools or []
+        # A call to a function the request never declared is not a call (it stays content);
+        # without declared tools (a parser used on its own) every name counts.
+        self._declared = {t["function"]["name"] for t in self.tools if isinstance(t.get("function"), dict)}
         self._buf = ""       # undecided text: a possible call block and everything after it
         self._blank = ""     # trailing whitespace of the content, held: a reply with calls drops it
         self._spoke = False  # non-whitespace content has gone out
@@ -91,6 +93,13 @@ class ToolParser:
 
     def _match(self, text: str, i: int, marker: str, end: bool) -> Found:
         raise NotImplementedError
+
+    @classmethod
+    def structural_tag(cls, tools: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """The call format as a structural tag ({"triggers", "structures": [{"begin", "schema",
+        "end"}]}) for `tools` (name -> parameters schema), so that strict tools' calls are
+        constrained under tool_choice "auto"; None when the format has none."""
+        return None
 
     def extract_tool_calls(self, model_output: str) -> ExtractedToolCalls:
         """The whole reply: the stream fed in one piece (on a fresh instance), so both paths agree."""
@@ -123,6 +132,8 @@ class ToolParser:
                 pos = i
                 break
             found = HOLD if hit[1] is None else self._match(text, i, hit[1], end)
+            if isinstance(found, tuple) and not self._all_declared(found[1]):
+                found = None
             if found is HOLD and not end:
                 pos = i
                 break
@@ -143,6 +154,9 @@ class ToolParser:
         if not content_text and not calls:
             return None
         return DeltaMessage(content_text or None, calls)
+
+    def _all_declared(self, calls: list[ToolCall]) -> bool:
+        return not self._declared or all(c.name in self._declared for c in calls)
 
     def _say(self, text: str) -> str:
         """Content to emit now. Trailing whitespace waits for non-whitespace after it: at the end of a
@@ -289,43 +303,7 @@ def calls_from_json(value: Any) -> list[ToolCall] | None:
 # ------------------------------------------------------------------ registry
 
 
-class ToolParserManager:
+class ToolParserManager(ParserRegistry):
     """Name -> parser class. `--tool-call-parser NAME` picks one; `--tool-parser-plugin FILE` adds some."""
-    _parsers: ClassVar[dict[str, type[ToolParser]]] = {}
-
-    @classmethod
-    def register(cls, name: str):
-        """Class decorator; a later registration of a name replaces the earlier (a plugin may override)."""
-        def add(parser: type[ToolParser]) -> type[ToolParser]:
-            if not (isinstance(parser, type) and issubclass(parser, ToolParser)):
-                raise TypeError(f"tool parser {name!r} must be a ToolParser subclass, got {parser!r}")
-            cls._parsers[name] = parser
-            return parser
-        return add
-
-    @classmethod
-    def get(cls, name: str) -> type[ToolParser]:
-        try:
-            return cls._parsers[name]
-        except KeyError:
-            raise ValueError(f"unknown tool parser {name!r}; known: {', '.join(cls.names())}") from None
-
-    @classmethod
-    def names(cls) -> list[str]:
-        return sorted(cls._parsers)
-
-    @classmethod
-    def import_plugin(cls, path: str | Path) -> None:
-        """Execute a user's Python file; its `@ToolParserManager.register(...)` classes become available."""
-        file = Path(path)
-        if not file.is_file():
-            raise FileNotFoundError(f"tool parser plugin {str(path)!r} is not a file")
-        module_name = f"octavo_tool_parser_plugin_{file.stem}"
-        spec = importlib.util.spec_from_file_location(module_name, file)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module  # dataclasses and pickling look their module up here
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[module_name]
-            raise
+    base = ToolParser
+    kind = "tool parser"

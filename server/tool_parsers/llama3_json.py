@@ -1,6 +1,10 @@
-"""Llama 3.x JSON calls: the reply starts (after whitespace, optionally `<|python_tag|>`) with
-`{"name": ..., "parameters": {...}}`, several joined by `;`. Anywhere else JSON is just content."""
+"""Llama 3.x JSON calls: `{"name": ..., "parameters": {...}}` (optionally after `<|python_tag|>`),
+several joined by `;`. The reply may open with text ("Here you go: {...}"), as Llama 3 models
+write and as vLLM parses; a JSON object is a call only when it has both keys."""
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from octavo.server.tool_parsers.base import (HOLD, Found, ToolParser, ToolParserManager, call_from_json,
                                              json_at, skip_ws)
@@ -11,7 +15,7 @@ PYTHON_TAG = "<|python_tag|>"
 @ToolParserManager.register("llama3_json")
 class Llama3JsonToolParser(ToolParser):
     skip_special_tokens = False  # <|python_tag|> is a special token
-    start_markers = (PYTHON_TAG, "{")
+    markers = (PYTHON_TAG, "{")
 
     def _match(self, text: str, i: int, marker: str, end: bool) -> Found:
         pos = i + len(PYTHON_TAG) if marker == PYTHON_TAG else i
@@ -20,7 +24,7 @@ class Llama3JsonToolParser(ToolParser):
             found = json_at(text, pos, end, "{")
             if found is None or found is HOLD:
                 return found
-            # A bare JSON reply is only a call when it has both keys; the block is all calls or none.
+            # The block is all calls or none.
             call = call_from_json(found[0], require_args=True)
             if call is None:
                 return None
@@ -31,3 +35,9 @@ class Llama3JsonToolParser(ToolParser):
             if not text.startswith(";", after):
                 return found[1], calls
             pos = after + 1
+
+    @classmethod
+    def structural_tag(cls, tools: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        return {"triggers": ['{"name"'], "structures": [
+            {"begin": f'{{"name": {json.dumps(name)}, "parameters": ', "schema": schema, "end": "}"}
+            for name, schema in tools.items()]}

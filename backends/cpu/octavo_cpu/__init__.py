@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from octavo.backend import Availability, Backend, Worker
-from octavo.config import ConfigError, EngineConfig
-from octavo.models.ops import LayerOps
+from octavo.backend import (Availability, Backend, BackendOptions, ConfigError, EngineConfig, LayerOps, Worker,
+                            option)
 
-__all__ = ["CpuBackend"]
+__all__ = ["CpuBackend", "CpuOptions"]
 
 
 @functools.cache
@@ -30,9 +31,23 @@ def cpu_has_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+@dataclass
+class CpuOptions(BackendOptions):
+    num_threads: int | None = option(None, "threads for compute (torch's intra-op threads; None: all cores)")
+    quantization: Literal["none", "int8", "int4"] = option(
+        "none", "weight-only quantization of a dense checkpoint's linears at load, onto the quantized kernels: "
+                "int8 (GGUF's Q8_0) or int4 (Q4_1: 32 weights per scale and minimum); GGUF files keep their types")
+
+    def validate(self, config: EngineConfig) -> None:
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"--num-threads must be at least 1, got {self.num_threads}")
+
+
 class CpuBackend(Backend):
     name = "cpu"
+    contract_version = "4.1"  # num_blocks_for_memory
     priority = 0
+    options_class = CpuOptions
     supported_dtypes = (torch.float32, torch.bfloat16, torch.float16)
     default_block_size = 16
 
@@ -56,13 +71,8 @@ class CpuBackend(Backend):
 
     def check_and_update_config(self, config: EngineConfig) -> None:
         super().check_and_update_config(config)
-        from octavo_cpu.quant import SCHEMES
-
-        scheme = config.extra.get("quantization")
-        if scheme is not None and scheme not in SCHEMES:
-            raise ConfigError(f"quantization {scheme!r} is not one of {sorted(SCHEMES)}")
-        if scheme is not None and not self.quantized_types:
-            raise ConfigError("quantization needs the CPU backend's quantized kernels (x86-64 with AVX2, built by "
+        if self.options.quantization != "none" and not self.quantized_types:
+            raise ConfigError("--quantization needs the CPU backend's quantized kernels (x86-64 with AVX2, built by "
                               "pip), and OCTAVO_CPU_QUANTIZED not 0")
 
     def layer_ops(self) -> LayerOps:

@@ -87,6 +87,8 @@ class TorchPagedAttention(AttentionBackend):
         bs = layout.block_size
         for i, seq_len in enumerate(seq_lens):
             query_len = starts[i + 1] - starts[i]
+            if query_len == 0:  # a padding request of a static-shape step
+                continue
             if query_len == 1:
                 decode_rows.append(i)
                 continue
@@ -107,7 +109,7 @@ class TorchPagedAttention(AttentionBackend):
         amx = self.uses_amx(spec, kv_cache)
         caches = self.block_views(kv_cache, spec.head_dim, amx)
         self.write(*caches, md.slot_mapping, k, v, amx)
-        if md.decode is not None and not md.prefills:
+        if md.decode is not None and not md.prefills and md.decode.tokens == slice(0, len(q)):
             return self._decode(spec, q, caches, md, amx)
         k_cache, v_cache = self.token_views(*caches, amx)
         out = torch.empty_like(q)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from octavo.models.ops import LayerOps, Rope
+from octavo.backend import LayerOps, Rope
 
 
 class CpuLayerOps(LayerOps):

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from octavo.config import ConfigError, ModelConfig
-from octavo.worker import TorchWorker
+from octavo.backend import ModelConfig, TorchWorker, num_blocks_for_memory
 from octavo_cpu.allocator import keep_freed_memory
 from octavo_cpu.kernels import quantized
 from octavo_cpu.linear import pack_linears
@@ -17,13 +16,12 @@ DEFAULT_KV_CACHE_MEMORY = 4 << 30  # bytes, as vLLM's VLLM_CPU_KVCACHE_SPACE def
 
 class CpuWorker(TorchWorker):
     def load_model(self) -> ModelConfig:
-        if self.config.num_threads:
-            torch.set_num_threads(self.config.num_threads)
+        if self.backend.options.num_threads:
+            torch.set_num_threads(self.backend.options.num_threads)
         keep_freed_memory()
         model_config = super().load_model()
-        scheme = self.config.extra.get("quantization")
-        if scheme is not None:
-            quantize_dense_linears(self.model, scheme)
+        if self.backend.options.quantization != "none":
+            quantize_dense_linears(self.model, self.backend.options.quantization)
         if self.backend.quantized_types:
             quantize_linears(self.model, quantized())
         pack_linears(self.model, self.config.max_num_seqs)
@@ -36,13 +34,5 @@ class CpuWorker(TorchWorker):
         return torch.empty(shape, dtype=self.kv_cache_dtype(), device=self.device)
 
     def num_kv_blocks(self, block_size: int) -> int:
-        per_block = self.kv_bytes_per_block(block_size)
-        memory = self.config.kv_cache_memory
-        if memory is None:  # no more than every sequence at full length could use
-            full = self.config.max_num_seqs * -(-self.model_config.max_model_len // block_size) * per_block
-            memory = min(DEFAULT_KV_CACHE_MEMORY, full)
-        blocks = memory // per_block
-        if blocks < 1:
-            raise ConfigError(f"kv_cache_memory {memory} bytes holds no block of {block_size} tokens "
-                              f"({per_block} bytes each)")
-        return int(blocks)
+        return num_blocks_for_memory(self.config, self.model_config.max_model_len, block_size,
+                                     self.kv_bytes_per_block(block_size), DEFAULT_KV_CACHE_MEMORY)

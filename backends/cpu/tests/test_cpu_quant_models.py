@@ -64,7 +64,7 @@ def test_dense_checkpoint_quantized_at_load(scheme, tolerance, tmp_path):
     path = make_tiny_model("qwen2", str(tmp_path))  # q/k/v biases too
     ids = list(range(20, 84))
     dense = prompt_logprobs(LLM(path, dtype="float32", num_kv_blocks=16), ids)
-    llm = LLM(path, dtype="float32", num_kv_blocks=16, extra={"quantization": scheme})
+    llm = LLM(path, dtype="float32", num_kv_blocks=16, quantization=scheme)
     linears = [m for m in llm.engine.worker.model.modules() if isinstance(m, QuantLinear)]
     assert len(linears) == 4 * llm.engine.model_config.num_layers + 1
     assert {ggml_type for m in linears for _, _, ggml_type, _ in m.parts} == {GGML_TYPES[SCHEMES[scheme]]}
@@ -73,5 +73,5 @@ def test_dense_checkpoint_quantized_at_load(scheme, tolerance, tmp_path):
 
 
 def test_unknown_quantization_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="quantization 'fp4'"):
-        LLM(make_tiny_model("llama", str(tmp_path)), num_kv_blocks=16, extra={"quantization": "fp4"})
+    with pytest.raises(ConfigError, match="--quantization: expected one of none, int8, int4, got 'fp4'"):
+        LLM(make_tiny_model("llama", str(tmp_path)), num_kv_blocks=16, quantization="fp4")

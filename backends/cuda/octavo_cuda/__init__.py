@@ -10,18 +10,23 @@ profiling and captures CUDA graphs.
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING, Any
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from octavo.backend import Availability, Backend
+from octavo.backend import (Availability, Backend, BackendOptions, ConfigError, EngineConfig, ModelConfig,
+                            option)
 
 if TYPE_CHECKING:
-    from octavo.config import EngineConfig
-    from octavo.models.ops import LayerOps
+    from octavo.backend import LayerOps, StepGraphs
     from octavo_cuda.launch import LaunchConfig
+    from octavo_cuda.runtime import GpuRuntime
 
 __version__ = "0.1.0"
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CUDA_GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 
@@ -40,51 +45,45 @@ def triton_missing_reason(install_hint: str = "pip install triton==3.7.1") -> st
     return None
 
 
-def normalize_gpu_extras(config: EngineConfig, backend_name: str) -> None:
-    """Validate gpu_memory_utilization / cuda_graph_sizes / enforce_eager in config.extra."""
-    from octavo.config import ConfigError
+@dataclass
+class GpuOptions(BackendOptions):
+    """The GPU backends' options, with vLLM's names (shared by every GPU backend that means
+    the same by them)."""
 
-    extra = config.extra
-    util = extra.get("gpu_memory_utilization", 0.9)
-    try:
-        util = float(util)
-    except (TypeError, ValueError):
-        raise ConfigError(f"gpu_memory_utilization must be a number, got {util!r}") from None
-    if not 0.0 < util <= 1.0:
-        raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {util}")
-    extra["gpu_memory_utilization"] = util
-    eager = bool(extra.get("enforce_eager", False))
-    extra["enforce_eager"] = eager
-    sizes: Any = extra.get("cuda_graph_sizes")
-    if eager:
-        sizes = []
-    elif sizes is None:
-        sizes = [s for s in DEFAULT_CUDA_GRAPH_SIZES if s <= config.max_num_seqs]
-    else:
-        if isinstance(sizes, (int, str)):
-            sizes = [sizes]
-        try:
-            sizes = sorted({int(s) for s in sizes})
-        except (TypeError, ValueError):
-            raise ConfigError(f"cuda_graph_sizes must be a list of integers, got {extra['cuda_graph_sizes']!r}") from None
-        if any(s <= 0 for s in sizes):
-            raise ConfigError(f"cuda_graph_sizes must be positive, got {sizes}")
-    extra["cuda_graph_sizes"] = list(sizes)
+    gpu_memory_utilization: float = option(0.9, "fraction of GPU memory for weights, activations and KV cache")
+    cuda_graph_sizes: list[int] | None = option(
+        None, "decode batch sizes to capture as graphs (None: powers of two and steps of 32 up to max_num_seqs)")
+    enforce_eager: bool = option(False, "never capture graphs")
+
+    def validate(self, config: EngineConfig) -> None:
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.enforce_eager:
+            self.cuda_graph_sizes = []
+        elif self.cuda_graph_sizes is None:
+            self.cuda_graph_sizes = [s for s in DEFAULT_CUDA_GRAPH_SIZES if s <= config.max_num_seqs]
+        else:
+            if any(s <= 0 for s in self.cuda_graph_sizes):
+                raise ConfigError(f"--cuda-graph-sizes must be positive, got {self.cuda_graph_sizes}")
+            self.cuda_graph_sizes = sorted(set(self.cuda_graph_sizes))
 
 
 class CudaBackend(Backend):
     name = "cuda"
+    contract_version = "4.0"
     priority = 100
+    options_class = GpuOptions
     supported_dtypes = (torch.bfloat16, torch.float16, torch.float32)
     kv_cache_dtypes = ("auto",)
     default_block_size = 16
     supported_block_sizes = (16, 32)
+    device_type = "cuda"  # the torch device the worker runs on
 
     @classmethod
     def availability(cls) -> Availability:
         if torch.version.hip:
             return Availability(False, f"no CUDA device: this torch is a ROCm build ({_torch_build()}); "
-                                       "use --device rocm (pip install octavo-rocm)")
+                                       "use --device rocm (pip install -e backends/rocm)")
         if not torch.version.cuda:
             return Availability(False, "no CUDA device: torch.cuda.is_available() is False "
                                        f"({_torch_build()} without CUDA; install a CUDA build of torch)")
@@ -101,15 +100,17 @@ class CudaBackend(Backend):
 
         return CUDA_LAUNCH
 
+    def runtime(self) -> GpuRuntime:
+        """torch's API for this GPU (memory, synchronisation, graphs); ROCm builds speak torch.cuda too."""
+        from octavo_cuda.runtime import CUDA_RUNTIME
+
+        return CUDA_RUNTIME
+
     def default_dtype(self) -> torch.dtype:
         # bf16 needs sm_80+; older GPUs get fp16.
         if torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False):
             return torch.float16
         return torch.bfloat16
-
-    def check_and_update_config(self, config: EngineConfig) -> None:
-        super().check_and_update_config(config)
-        normalize_gpu_extras(config, self.name)
 
     def attention_backend(self):
         from octavo_cuda.attention import TritonAttention
@@ -121,11 +122,24 @@ class CudaBackend(Backend):
 
         return TritonLayerOps(self.launch_config())
 
+    def step_graphs(self, config: EngineConfig, model_config: ModelConfig,
+                    device: torch.device) -> StepGraphs | None:
+        """CUDA graphs of decode steps at `cuda_graph_sizes` (none with --enforce-eager)."""
+        if not self.options.cuda_graph_sizes:
+            return None
+        if not self.runtime().has_graphs:
+            logger.info("%s: this torch (%s) cannot capture graphs; every step runs eagerly", self.name,
+                        torch.__version__)
+            return None
+        from octavo_cuda.cuda_graphs import CudaGraphs
+
+        return CudaGraphs(self.options.cuda_graph_sizes, model_config.max_model_len, config.block_size, device,
+                          self.runtime())
+
     def create_worker(self, config: EngineConfig):
         from octavo_cuda.worker import CudaWorker
 
-        device = torch.device("cuda", int(config.extra.get("device_index", 0)))
-        return CudaWorker(config, self, device, self.attention_backend())
+        return CudaWorker(config, self, torch.device(self.device_type), self.attention_backend(), self.runtime())
 
 
-__all__ = ["CudaBackend", "normalize_gpu_extras", "__version__"]
+__all__ = ["CudaBackend", "GpuOptions", "__version__"]

@@ -59,7 +59,7 @@ class TritonAttention(AttentionBackend):
     def build_metadata(self, layout: BatchLayout, device: torch.device) -> TritonMetadata:
         def dev(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
             t = t.to(dtype)
-            if t.device.type == "cpu" and torch.device(device).type != "cpu" and torch.cuda.is_available():
+            if t.device.type == "cpu" and torch.device(device).type != "cpu" and torch.accelerator.is_available():
                 t = t.pin_memory()
             return t.to(device, non_blocking=True)
 

@@ -1,4 +1,4 @@
-"""CUDA graphs for decode steps: capture the model's forward once per batch size, replay it.
+"""CUDA graphs for decode steps, on the contract's static-shape hook (`StepGraphs`).
 
 A decode step of n requests (one new token each) is padded up to the smallest captured size
 >= n. Inputs go into static buffers; the attention metadata into static `TritonMetadata`
@@ -8,12 +8,13 @@ Steps with prefill tokens, or more requests than the largest size, run eagerly.
 from __future__ import annotations
 
 from bisect import bisect_left
+from typing import Any
 
 import torch
 
-from octavo.models.layers import ForwardContext
-from octavo.worker.model_runner import ModelRunner, StepInputs
+from octavo.backend import BatchLayout, ForwardFn, StepGraphs, StepShape
 from octavo_cuda.attention import TritonMetadata
+from octavo_cuda.runtime import CUDA_RUNTIME, GpuRuntime
 
 
 def static_metadata(max_seqs: int, max_blocks: int, max_model_len: int, block_size: int,
@@ -36,47 +37,61 @@ def metadata_view(md: TritonMetadata, size: int) -> TritonMetadata:
         block_size=md.block_size)
 
 
-class CudaGraphRunner(ModelRunner):
-    """ModelRunner whose decode forwards replay captured graphs (after `capture`)."""
+class CudaGraphs(StepGraphs):
+    """One graph per decode batch size, captured largest first so that the smaller ones
+    reuse its memory pool; every graph reads the same static buffers."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.sizes: list[int] = []  # captured batch sizes, ascending; empty: all eager
-
-    @torch.inference_mode()
-    def capture(self, sizes: list[int], max_model_len: int, block_size: int) -> None:
-        """Capture largest first, so smaller graphs reuse the largest one's memory pool."""
-        sizes = sorted(sizes)
-        max_blocks = -(-max_model_len // block_size)
-        self.input_ids = torch.zeros(sizes[-1], dtype=torch.long, device=self.device)
-        self.positions = torch.zeros(sizes[-1], dtype=torch.long, device=self.device)
-        self.static = static_metadata(sizes[-1], max_blocks, max_model_len, block_size, self.device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+    def __init__(self, sizes: list[int], max_model_len: int, block_size: int, device: torch.device,
+                 runtime: GpuRuntime = CUDA_RUNTIME):
+        self.runtime = runtime
+        self.sizes = sorted(sizes)
+        self.max_model_len = max_model_len
+        self.block_size = block_size
+        self.device = device
+        self.graphs: dict[int, Any] = {}  # CUDAGraph / XPUGraph
         self.outputs: dict[int, torch.Tensor] = {}
-        self.views: dict[int, TritonMetadata] = {}
-        pool = None
-        for size in reversed(sizes):
-            view = metadata_view(self.static, size)
-            ctx = ForwardContext(self.attn, view)
-            ids, positions = self.input_ids[:size], self.positions[:size]
-            self.model(ids, positions, ctx)  # compiles this size's kernels outside the capture
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.outputs[size] = self.model(ids, positions, ctx)
-            pool = graph.pool()
-            self.graphs[size], self.views[size] = graph, view
-        self.sizes = sizes
+        self.static: TritonMetadata | None = None  # allocated by the first capture
+        self.pool = None
 
-    def forward(self, inputs: StepInputs) -> torch.Tensor:
-        layout = inputs.layout
+    def shapes(self) -> list[StepShape]:
+        return [StepShape(n, n) for n in reversed(self.sizes)]
+
+    def shape_for(self, layout: BatchLayout) -> StepShape | None:
         n = layout.num_reqs
-        if layout.max_query_len != 1 or not self.sizes or n > self.sizes[-1] \
-                or layout.block_size != self.static.block_size:
-            return super().forward(inputs)
+        if layout.max_query_len != 1 or n > self.sizes[-1] or len(self.graphs) < len(self.sizes):
+            return None
         size = self.sizes[bisect_left(self.sizes, n)]
-        self.input_ids[:n].copy_(inputs.input_ids, non_blocking=True)
-        self.positions[:n].copy_(inputs.positions, non_blocking=True)
-        self.views[size].copy_(self.attn.build_metadata(layout, self.device))
-        self.graphs[size].replay()
-        return self.outputs[size][:n]
+        return StepShape(size, size)
+
+    def capture(self, shape: StepShape, forward: ForwardFn, input_ids: torch.Tensor, positions: torch.Tensor,
+                metadata: TritonMetadata) -> None:
+        if self.static is None:
+            self._allocate()
+        size = shape.num_reqs
+        args = self._load(size, input_ids, positions, metadata)
+        forward(*args)  # compiles this size's kernels outside the capture
+        self.runtime.api.synchronize(self.device)
+        graph, self.outputs[size] = self.runtime.capture(lambda: forward(*args), self.pool)
+        self.pool = graph.pool()
+        self.graphs[size] = graph
+
+    def run(self, shape: StepShape, input_ids: torch.Tensor, positions: torch.Tensor,
+            metadata: TritonMetadata) -> torch.Tensor:
+        self._load(shape.num_reqs, input_ids, positions, metadata)
+        self.graphs[shape.num_reqs].replay()
+        return self.outputs[shape.num_reqs]
+
+    def _allocate(self) -> None:
+        largest = self.sizes[-1]
+        self.input_ids = torch.zeros(largest, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(largest, dtype=torch.long, device=self.device)
+        self.static = static_metadata(largest, -(-self.max_model_len // self.block_size), self.max_model_len,
+                                      self.block_size, self.device)
+        self.views = {n: metadata_view(self.static, n) for n in self.sizes}
+
+    def _load(self, size: int, input_ids: torch.Tensor, positions: torch.Tensor, metadata: TritonMetadata):
+        """The step's inputs copied into the static buffers of `size`; returns those buffers."""
+        self.input_ids[:size].copy_(input_ids, non_blocking=True)
+        self.positions[:size].copy_(positions, non_blocking=True)
+        self.views[size].copy_(metadata)
+        return self.input_ids[:size], self.positions[:size], self.views[size]

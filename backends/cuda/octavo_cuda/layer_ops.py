@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from octavo.models.ops import LayerOps, Rope
+from octavo.backend import LayerOps, Rope
 from octavo_cuda.launch import CUDA_LAUNCH, LaunchConfig
 from octavo_cuda.rms_norm import rms_norm
 from octavo_cuda.rotary import rotary_embedding

@@ -1,13 +1,12 @@
 """`CudaWorker`: the core's TorchWorker on a CUDA (or ROCm/HIP) device.
 
-What it adds to TorchWorker:
-- KV-cache sizing by profiling (`num_kv_blocks`): `config.num_kv_blocks` wins, then
-  `config.kv_cache_memory`, else a profile step at the largest batch the scheduler can send
-  (`profile_batch`) and `config.extra["gpu_memory_utilization"]` (default 0.9) of the device
-  (arithmetic in `memory.py`).
-- CUDA graphs for decode steps (`cuda_graphs.CudaGraphRunner`), captured in `warm_up` for
-  `config.extra["cuda_graph_sizes"]` (normalized by the backend's check_and_update_config;
-  empty when `config.extra["enforce_eager"]`).
+What it adds to TorchWorker is KV-cache sizing by profiling (`num_kv_blocks`):
+`config.num_kv_blocks` wins, then `config.kv_cache_memory`, else a profile step at the
+largest batch the scheduler can send (`profile_batch`) and `--gpu-memory-utilization`
+(default 0.9) of the device (arithmetic in `memory.py`).
+
+CUDA graphs of decode steps come through the contract's static-shape hook
+(`CudaBackend.step_graphs`, `cuda_graphs.CudaGraphs`): TorchWorker captures them in warm-up.
 
 Tensor parallelism fits without rework: one CudaWorker per rank (its `device` is already a
 parameter), the engine sending each rank the same SchedulerOutput; weights shard at load
@@ -20,12 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from octavo.backend import AttentionBackend, Backend, ScheduledRequest, SchedulerOutput
-from octavo.config import EngineConfig
-from octavo.sampling_params import SamplingParams
-from octavo.worker import TorchWorker
-from octavo_cuda.cuda_graphs import CudaGraphRunner
+from octavo.backend import (AttentionBackend, Backend, EngineConfig, NewRequestData, SamplingParams,
+                            ScheduledRequest, SchedulerOutput, TorchWorker)
 from octavo_cuda.memory import MemorySample, kv_cache_bytes, num_blocks_for
+from octavo_cuda.runtime import CUDA_RUNTIME, GpuRuntime
 
 
 def profile_batch(config: EngineConfig, max_model_len: int, block_size: int) -> SchedulerOutput:
@@ -36,45 +33,44 @@ def profile_batch(config: EngineConfig, max_model_len: int, block_size: int) -> 
     num_reqs = max(1, min(config.max_num_seqs, total))
     per_req = min(max_model_len - 1, -(-total // num_reqs))
     num_reqs = min(num_reqs, -(-total // per_req))
-    requests, next_block, left = [], 0, total
+    new, requests, next_block, left = [], [], 0, total
     for i in range(num_reqs):
         n = min(per_req, left)
         if n <= 0:
             break
         left -= n
         nblocks = -(-n // block_size)
-        requests.append(ScheduledRequest(
-            request_id=f"profile-{i}", token_ids=[0] * n, num_prompt_tokens=n, num_computed_tokens=0,
-            num_new_tokens=n, block_ids=list(range(next_block, next_block + nblocks)),
-            sampling_params=SamplingParams(temperature=0.0, max_tokens=1), eos_token_id=None, samples=True))
+        new.append(NewRequestData(f"profile-{i}", [0] * n, [], SamplingParams(temperature=0.0, max_tokens=1), None))
+        requests.append(ScheduledRequest(f"profile-{i}", 0, n, [], list(range(next_block, next_block + nblocks)),
+                                         samples=True))
         next_block += nblocks
-    return SchedulerOutput(requests=requests, num_batched_tokens=total - left, block_size=block_size)
+    return SchedulerOutput(new, requests, num_batched_tokens=total - left, block_size=block_size)
 
 
 def run_profile_step(worker: TorchWorker, block_size: int) -> int:
     """Run `profile_batch` through the worker on a temporary cache; returns that cache's bytes."""
     batch = profile_batch(worker.config, worker.model_config.max_model_len, block_size)
-    num_blocks = sum(len(r.block_ids) for r in batch.requests)
+    num_blocks = sum(len(r.new_block_ids) for r in batch.requests)
     worker.allocate_kv_cache(num_blocks, block_size)
-    worker.execute(batch)
+    worker.execute_model(batch)
+    worker.sample_tokens(None)
     return num_blocks * worker.kv_bytes_per_block(block_size)
 
 
-def _sample(device: torch.device) -> MemorySample:
-    free, total = torch.cuda.mem_get_info(device)
-    return MemorySample(free=free, total=total, reserved=torch.cuda.memory_reserved(device))
+def _sample(runtime: GpuRuntime, device: torch.device) -> MemorySample:
+    free, total = runtime.api.mem_get_info(device)
+    return MemorySample(free=free, total=total, reserved=runtime.api.memory_reserved(device))
 
 
 class CudaWorker(TorchWorker):
-    runner_class = CudaGraphRunner
-
     def __init__(self, config: EngineConfig, backend: Backend, device: torch.device,
-                 attention: AttentionBackend) -> None:
+                 attention: AttentionBackend, runtime: GpuRuntime = CUDA_RUNTIME) -> None:
         super().__init__(config, backend, device, attention)
-        torch.cuda.set_device(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        self._mem_start = _sample(device)  # before the weights: what this process starts from
+        self.runtime = runtime
+        runtime.api.set_device(device)
+        runtime.api.empty_cache()
+        runtime.api.reset_peak_memory_stats(device)
+        self._mem_start = _sample(runtime, device)  # before the weights: what this process starts from
 
     def num_kv_blocks(self, block_size: int) -> int:
         per_block = self.kv_bytes_per_block(block_size)
@@ -83,19 +79,14 @@ class CudaWorker(TorchWorker):
         if self.config.kv_cache_memory:
             return num_blocks_for(self.config.kv_cache_memory, per_block)
         temp_cache = run_profile_step(self, block_size)
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device) - temp_cache
+        self.runtime.api.synchronize(self.device)
+        peak = self.runtime.api.max_memory_allocated(self.device) - temp_cache
         self.runner = None  # drop the profile cache's runner; allocate_kv_cache makes the real one
-        torch.cuda.empty_cache()
-        after = _sample(self.device)
-        utilization = float(self.config.extra.get("gpu_memory_utilization", 0.9))
+        self.runtime.api.empty_cache()
+        after = _sample(self.runtime, self.device)
+        utilization = self.backend.options.gpu_memory_utilization
         return num_blocks_for(kv_cache_bytes(self._mem_start, after, peak, utilization), per_block)
-
-    def warm_up(self) -> None:
-        sizes = self.config.extra.get("cuda_graph_sizes")
-        if sizes:
-            self.runner.capture(sizes, self.model_config.max_model_len, self.config.block_size)
 
     def shutdown(self) -> None:
         super().shutdown()
-        torch.cuda.empty_cache()
+        self.runtime.api.empty_cache()

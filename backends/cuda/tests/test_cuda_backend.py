@@ -6,8 +6,8 @@ from importlib.metadata import entry_points
 import pytest
 import torch
 
-from octavo.backend import Backend
-from octavo.config import ConfigError, EngineConfig
+from octavo.backend import Backend, ConfigError, EngineConfig, TorchWorker
+from octavo.engine.options import parse_options
 from octavo_cuda import CudaBackend
 from octavo_cuda.memory import GiB, MemorySample, kv_cache_bytes, num_blocks_for
 
@@ -52,31 +52,37 @@ def test_import_is_cheap():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_config_defaults_and_extras():
+def configured(backend: CudaBackend, **engine) -> EngineConfig:
+    config = EngineConfig.from_kwargs(**engine)
+    if config.device_options:
+        backend.options = parse_options(CudaBackend, config.device_options)
+    backend.check_and_update_config(config)
+    return config
+
+
+def test_config_defaults_and_options():
     backend = CudaBackend()
-    cfg = EngineConfig(max_num_seqs=20)
-    backend.check_and_update_config(cfg)
+    cfg = configured(backend, max_num_seqs=20)
     assert cfg.block_size == 16 and cfg.dtype == torch.bfloat16
-    assert cfg.extra["gpu_memory_utilization"] == 0.9
-    assert cfg.extra["cuda_graph_sizes"] == [1, 2, 4, 8, 16]
-    cfg = EngineConfig(block_size=32, dtype="float16", extra={"enforce_eager": True, "gpu_memory_utilization": "0.5"})
-    backend.check_and_update_config(cfg)
-    assert cfg.dtype == torch.float16 and cfg.extra["cuda_graph_sizes"] == [] and cfg.extra["gpu_memory_utilization"] == 0.5
-    cfg = EngineConfig(extra={"cuda_graph_sizes": [8, 1, 4, 4]})
-    backend.check_and_update_config(cfg)
-    assert cfg.extra["cuda_graph_sizes"] == [1, 4, 8]
+    assert backend.options.gpu_memory_utilization == 0.9
+    assert backend.options.cuda_graph_sizes == [1, 2, 4, 8, 16]
+    cfg = configured(backend, block_size=32, dtype="float16", enforce_eager=True, gpu_memory_utilization="0.5")
+    assert cfg.dtype == torch.float16
+    assert backend.options.cuda_graph_sizes == [] and backend.options.gpu_memory_utilization == 0.5
+    configured(backend, cuda_graph_sizes=[8, 1, 4, 4])
+    assert backend.options.cuda_graph_sizes == [1, 4, 8]
 
 
 @pytest.mark.parametrize("bad,match", [
     (dict(block_size=64), "block sizes"),
-    (dict(extra={"gpu_memory_utilization": 1.5}), "gpu_memory_utilization"),
-    (dict(extra={"cuda_graph_sizes": [0, 4]}), "positive"),
-    (dict(extra={"cuda_graph_sizes": ["x"]}), "integers"),
+    (dict(gpu_memory_utilization=1.5), "--gpu-memory-utilization must be in"),
+    (dict(cuda_graph_sizes=[0, 4]), "--cuda-graph-sizes must be positive"),
+    (dict(cuda_graph_sizes=["x"]), "--cuda-graph-sizes: expected an integer"),
     (dict(kv_cache_dtype="fp8"), "kv cache dtypes"),
 ])
 def test_config_rejects(bad, match):
     with pytest.raises(ConfigError, match=match):
-        CudaBackend().check_and_update_config(EngineConfig(**bad))
+        configured(CudaBackend(), **bad)
 
 
 def test_kv_cache_bytes():
@@ -101,10 +107,6 @@ def test_kv_cache_bytes_errors():
 
 
 def test_worker_builds_on_torch_worker():
-    try:
-        from octavo.worker import TorchWorker
-    except ImportError as e:
-        pytest.skip(f"octavo.worker.TorchWorker is not in the core yet ({e}); CudaWorker subclasses it")
     from octavo_cuda.worker import CudaWorker
 
     assert issubclass(CudaWorker, TorchWorker)

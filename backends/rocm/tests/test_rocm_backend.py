@@ -23,6 +23,7 @@ from octavo_cuda.attention import TritonAttention
 from octavo_cuda.launch import ROCM_LAUNCH
 from octavo_cuda.layer_ops import TritonLayerOps
 from octavo_cuda.reference import attention_ref, make_paged_batch, reshape_and_cache_ref
+from octavo_cuda import GpuOptions
 from octavo_rocm import RocmBackend
 
 DEVICE = torch.device(os.environ.get("OCTAVO_TRITON_DEVICE", "cpu"))
@@ -81,9 +82,10 @@ def test_wavefront_64_launch_parameters():
 
 
 def test_config_checks():
-    cfg = EngineConfig(extra={"enforce_eager": True})
-    RocmBackend().check_and_update_config(cfg)
-    assert cfg.block_size == 16 and cfg.extra["cuda_graph_sizes"] == []
+    backend = RocmBackend(GpuOptions(enforce_eager=True))
+    cfg = EngineConfig()
+    backend.check_and_update_config(cfg)
+    assert cfg.block_size == 16 and backend.options.cuda_graph_sizes == []
     with pytest.raises(ConfigError, match="rocm supports block sizes"):
         RocmBackend().check_and_update_config(EngineConfig(block_size=8))
 

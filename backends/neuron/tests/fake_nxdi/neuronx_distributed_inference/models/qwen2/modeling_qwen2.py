@@ -1,0 +1,13 @@
+"""Qwen2InferenceConfig and NeuronQwen2ForCausalLM (fake: the HF model runs in place of the graphs)."""
+from neuronx_distributed_inference.models.config import InferenceConfig
+from neuronx_distributed_inference.models.model_base import NeuronBaseForCausalLM
+
+
+class Qwen2InferenceConfig(InferenceConfig):
+    pass
+
+
+class NeuronQwen2ForCausalLM(NeuronBaseForCausalLM):
+    @classmethod
+    def get_config_cls(cls):
+        return Qwen2InferenceConfig
