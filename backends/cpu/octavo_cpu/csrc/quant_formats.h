@@ -53,35 +53,32 @@ inline Block block(__m256i q, float d, float m) { return Block{q, {d, d}, {m, m}
 // once per super-block, unpack(super-block, header, j) for its j-th 32-block, and how its
 // min is applied: Signed (q signed, no min), Offset = log2(c) where m = -c d (symmetric
 // formats: the kernels subtract c sum(xq) in integers), or Offset = -1 (m from the block).
-struct Q4_0 {
-  static constexpr int kWeights = 32, kBytes = 18;
+// `Format` holds the defaults: 32-weight blocks, no header, unsigned, the min from the block.
+struct Format {
+  static constexpr int kWeights = 32;
   static constexpr bool Signed = false, Halves = false;
-  static constexpr int Offset = 3;
+  static constexpr int Offset = -1;
   struct Header {};
   static Header header(const uint8_t*) { return {}; }
+};
+
+struct Q4_0 : Format {
+  static constexpr int kBytes = 18, Offset = 3;
   static Block unpack(const uint8_t* b, Header, int) {
     const float d = half_to_float(load_u16(b));
     return block(nibbles16(b + 2), d, -8.f * d);
   }
 };
 
-struct Q4_1 {
-  static constexpr int kWeights = 32, kBytes = 20;
-  static constexpr bool Signed = false, Halves = false;
-  static constexpr int Offset = -1;
-  struct Header {};
-  static Header header(const uint8_t*) { return {}; }
+struct Q4_1 : Format {
+  static constexpr int kBytes = 20;
   static Block unpack(const uint8_t* b, Header, int) {
     return block(nibbles16(b + 4), half_to_float(load_u16(b)), half_to_float(load_u16(b + 2)));
   }
 };
 
-struct Q5_0 {
-  static constexpr int kWeights = 32, kBytes = 22;
-  static constexpr bool Signed = false, Halves = false;
-  static constexpr int Offset = 4;
-  struct Header {};
-  static Header header(const uint8_t*) { return {}; }
+struct Q5_0 : Format {
+  static constexpr int kBytes = 22, Offset = 4;
   static Block unpack(const uint8_t* b, Header, int) {
     const float d = half_to_float(load_u16(b));
     uint32_t qh;
@@ -90,12 +87,8 @@ struct Q5_0 {
   }
 };
 
-struct Q5_1 {
-  static constexpr int kWeights = 32, kBytes = 24;
-  static constexpr bool Signed = false, Halves = false;
-  static constexpr int Offset = -1;
-  struct Header {};
-  static Header header(const uint8_t*) { return {}; }
+struct Q5_1 : Format {
+  static constexpr int kBytes = 24;
   static Block unpack(const uint8_t* b, Header, int) {
     uint32_t qh;
     std::memcpy(&qh, b + 4, 4);
@@ -104,12 +97,9 @@ struct Q5_1 {
   }
 };
 
-struct Q8_0 {
-  static constexpr int kWeights = 32, kBytes = 34;
-  static constexpr bool Signed = true, Halves = false;
-  static constexpr int Offset = -1;
-  struct Header {};
-  static Header header(const uint8_t*) { return {}; }
+struct Q8_0 : Format {
+  static constexpr int kBytes = 34;
+  static constexpr bool Signed = true;
   static Block unpack(const uint8_t* b, Header, int) {
     return block(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2)), half_to_float(load_u16(b)), 0.f);
   }
@@ -133,23 +123,22 @@ inline KScales k_scales(const uint8_t* b) {
   return k;
 }
 
-struct Q4_K {
-  static constexpr int kWeights = 256, kBytes = 144;
-  static constexpr bool Signed = false, Halves = false;
-  static constexpr int Offset = -1;
+// The K formats' 256-weight super-blocks open with their scales and mins.
+struct KFormat : Format {
+  static constexpr int kWeights = 256;
   using Header = KScales;
   static Header header(const uint8_t* b) { return k_scales(b); }
+};
+
+struct Q4_K : KFormat {
+  static constexpr int kBytes = 144;
   static Block unpack(const uint8_t* b, const Header& h, int j) {
     return block(nibbles32(b + 16 + 32 * (j / 2), j % 2), h.d[j], h.m[j]);
   }
 };
 
-struct Q5_K {
-  static constexpr int kWeights = 256, kBytes = 176;
-  static constexpr bool Signed = false, Halves = false;
-  static constexpr int Offset = -1;
-  using Header = KScales;
-  static Header header(const uint8_t* b) { return k_scales(b); }
+struct Q5_K : KFormat {
+  static constexpr int kBytes = 176;
   static Block unpack(const uint8_t* b, const Header& h, int j) {
     const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16));
     const __m256i bit = _mm256_and_si256(_mm256_srli_epi16(qh, j), _mm256_set1_epi8(1));
@@ -158,10 +147,9 @@ struct Q5_K {
 };
 
 // Q6_K: two halves of 128 weights; 16 sub-blocks of 16 with int8 scales, w = d sc (q - 32).
-struct Q6_K {
-  static constexpr int kWeights = 256, kBytes = 210;
-  static constexpr bool Signed = false, Halves = true;
-  static constexpr int Offset = 5;
+struct Q6_K : Format {
+  static constexpr int kWeights = 256, kBytes = 210, Offset = 5;
+  static constexpr bool Halves = true;
   struct Header {
     float d[16];
   };
