@@ -64,10 +64,13 @@ CONTRACT_VERSION = "4.1"
 #   - Backend.inference_mode (False: steps run under torch.no_grad);
 #   - Availability.auto (False: `--device auto` never picks the backend, e.g. a testing mode);
 #   - pad_inputs pads logits_indices to shape.num_reqs entries;
-#   - TorchWorker.kv_memory_budget (TorchWorker.num_kv_blocks sizes the cache from it).
+#   - TorchWorker.kv_memory_budget (TorchWorker.num_kv_blocks sizes the cache from it);
 #   - tensor parallelism: ParallelRank, Communicator (TorchCommunicator exported),
 #     Backend.distributed_backend, Backend.ray_resource, Backend.communicator, and the `rank`
-#     argument of Backend.create_worker and TorchWorker.
+#     argument of Backend.create_worker and TorchWorker;
+#   - for backends that multiply GGUF weights in their blocks: QuantizedTensor,
+#     Backend.quantized_types, the quantized_types argument of iter_model_weights (a
+#     tensor-parallel rank always dequantizes); TorchWorker.new_kv_cache.
 ENTRY_POINT_GROUP = "octavo.backends"
 
 
@@ -356,6 +359,36 @@ class Communicator(ABC):
         """Leave the group."""
 
 
+# ----------------------------------------------------------------------------- weights
+
+
+@dataclass(slots=True)
+class QuantizedTensor:
+    """A linear layer's weight kept in a GGUF block format, for backends that multiply such
+    weights as they are (`Backend.quantized_types`): the file's bytes, one row of blocks per
+    output feature.
+
+    The loader attaches these to the model's linears (`nn.Linear`, `MergedLinear`) as
+    `module.quantized_weights`, one entry per shard (q/k/v, gate/up; a plain Linear has one);
+    None marks a shard whose type the backend does not take, loaded dense into its rows of
+    `module.weight` as usual. The other rows of `weight` are left unfilled: the backend
+    replaces such modules with its own before the first step (the core never runs a linear
+    that has `quantized_weights`). A Q4_K_M file mixes types, so one merged linear may too.
+    """
+
+    qtype: str  # GGUF type name, e.g. "Q4_K"
+    data: torch.Tensor  # uint8 [out_features, bytes per row]
+    shape: tuple[int, int]  # the dense weight's [out_features, in_features]
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        """The dense weight (the `gguf` package's dequantization: the reference)."""
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        values = dequantize(self.data.numpy(), GGMLQuantizationType[self.qtype])
+        return torch.from_numpy(values).reshape(self.shape).to(dtype)
+
+
 # ----------------------------------------------------------------------------- worker
 
 
@@ -422,6 +455,9 @@ class Backend(ABC):
     # The Ray resource one worker process takes ("GPU" for the GPU backends; 4.1), for
     # --distributed-executor-backend ray.
     ray_resource: ClassVar[str] = "CPU"
+    # Since 4.1. GGUF tensor types whose linears the backend multiplies in their blocks
+    # (`QuantizedTensor`); the others dequantize to the model's dtype at load.
+    quantized_types: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, options: BackendOptions | None = None):
         self.options = options if options is not None else self.options_class()
@@ -561,6 +597,8 @@ __all__ = [
     "AttentionSpec", "BatchLayout", "AttentionBackend", "ForwardFn", "StepShape", "StepGraphs",
     # tensor parallelism
     "ParallelRank", "Communicator",
+    # weights
+    "QuantizedTensor",
     # core pieces (loaded on first use)
     *_LAZY,
 ]

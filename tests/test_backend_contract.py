@@ -9,18 +9,20 @@ import pickle
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import pytest
 import torch
 
 import octavo.backend as contract
 from octavo import LLM, SamplingParams
-from octavo.backend import (ConfigError, ScheduledRequest, SchedulerOutput, StepGraphs, StepSampler, StepShape,
-                            TorchWorker, Worker)
+from octavo.backend import (BackendOptions, ConfigError, ScheduledRequest, SchedulerOutput, StepGraphs, StepSampler,
+                            StepShape, TorchWorker, Worker, option)
 from octavo.cli import main
 from octavo.devices import KNOWN_DEVICES
-from octavo.engine.options import parse_options
+from octavo.engine.options import add_option_groups, options_from_args, parse_options
 from octavo.structured_output import StructuredOutputParams
 from octavo.testing.checks import assert_no_leaks, varied_prompts
 from octavo.testing.tiny_models import hf_greedy
@@ -137,6 +139,26 @@ def test_a_yaml_config_sets_a_backend_option(tmp_path):
     config = config_from_args(resolve_args(parser.parse_args(["serve", "--config", str(path)])))
     assert config.device_options == {"num_threads": "1", "enforce_eager": True} and config.max_num_seqs == 3
     assert parse_options(CpuBackend, {"num_threads": "1"}).num_threads == 1
+
+
+def test_an_option_two_backends_declare_is_one_flag(caplog):
+    """Two backends' `quantization` options (cpu and openvino): one --quantization sets both."""
+    import argparse
+
+    @dataclass
+    class First(BackendOptions):
+        level: Literal["low", "high"] = option("low", "the first backend's level")
+
+    @dataclass
+    class Second(BackendOptions):
+        level: Literal["low", "high"] = option("low", "the second backend's level")
+
+    parser = argparse.ArgumentParser()
+    with caplog.at_level(logging.WARNING, logger="octavo"):
+        add_option_groups(parser, {"a": type("A", (), {"options_class": First}),
+                                   "b": type("B", (), {"options_class": Second})})
+    assert not caplog.text
+    assert options_from_args(parser.parse_args(["--level", "high"])) == {"level": "high"}
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from octavo.backend import Communicator
+from octavo.backend import Communicator, QuantizedTensor
 from octavo.config import ConfigError, EngineConfig, ModelConfig
 from octavo.distributed import SingleRank
 from octavo.loader import gguf
@@ -63,11 +63,14 @@ def iter_safetensors(path: str, lazy: bool = False) -> Iterator[tuple[str, torch
                 yield name, SafetensorsSlice(f.get_slice(name)) if lazy else f.get_tensor(name)
 
 
-def iter_model_weights(path: str, hf_config, dtype: torch.dtype,
-                       lazy: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_model_weights(path: str, hf_config, dtype: torch.dtype, quantized_types: frozenset[str] = frozenset(),
+                       lazy: bool = False) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
     """The checkpoint's tensors under their HF names: safetensors as stored (`lazy`: as slices
-    a rank cuts its shard from), GGUF dequantized to `dtype`."""
-    return gguf.iter_gguf_tensors(path, hf_config, dtype) if gguf.is_gguf(path) else iter_safetensors(path, lazy)
+    a rank cuts its shard from), GGUF dequantized to `dtype` but for 2-D tensors of
+    `quantized_types`, kept in their blocks."""
+    if gguf.is_gguf(path):
+        return gguf.iter_gguf_tensors(path, hf_config, dtype, quantized_types)
+    return iter_safetensors(path, lazy)
 
 
 @contextlib.contextmanager
@@ -103,17 +106,23 @@ def model_config_for(config: EngineConfig, hf_config) -> ModelConfig:
 
 
 def load_model(config: EngineConfig, device: torch.device, ops: LayerOps,
-               comm: Communicator | None = None) -> tuple[nn.Module, ModelConfig]:
+               comm: Communicator | None = None,
+               quantized_types: frozenset[str] = frozenset()) -> tuple[nn.Module, ModelConfig]:
     """Build the model on `device`, its norms and rotary embeddings computing with `ops`: the
     whole model, or with `comm` of several ranks, this rank's shard of it (read from the
-    checkpoint alone: safetensors by slice; GGUF tensors dequantized one at a time, then cut)."""
+    checkpoint alone: safetensors by slice; GGUF tensors dequantized one at a time, then cut).
+    GGUF linears of `quantized_types` keep their blocks (octavo.backend.QuantizedTensor) when
+    the model is whole."""
     path = resolve_model_path(config.model)
     hf_config = load_hf_config(path)
     model_config = model_config_for(config, hf_config)
     _, cls = model_class(hf_config)
     with _default_dtype(config.dtype), torch.device(device):
         model = cls(hf_config, hf_config.max_position_embeddings, ops, comm or SingleRank())
-    load_weights(model, iter_model_weights(path, hf_config, config.dtype, lazy=True), hf_config.tie_word_embeddings)
+    if comm is not None and comm.world_size > 1:
+        quantized_types = frozenset()  # a rank's shard cuts through blocks: dequantize
+    load_weights(model, iter_model_weights(path, hf_config, config.dtype, quantized_types, lazy=True),
+                 hf_config.tie_word_embeddings)
     model.eval().requires_grad_(False)
     return model, model_config
 

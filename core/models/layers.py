@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from octavo.backend import AttentionBackend, AttentionSpec, Communicator
+from octavo.backend import AttentionBackend, AttentionSpec, Communicator, QuantizedTensor
 from octavo.models.ops import ACTIVATIONS, LayerOps, Rope
 from octavo.models.parallel import ColumnParallelLinear, RowParallelLinear, read_whole
 
@@ -120,6 +120,9 @@ def load_weights(model: nn.Module, weights, tie_word_embeddings: bool) -> None:
 
     A tensor may be one not read yet (`octavo.loader.SafetensorsSlice`): the parallel layers
     (`load_weight`) then read only their rank's shard of it.
+    A QuantizedTensor aimed at a linear's weight is attached to the linear instead
+    (`quantized_weights`, see octavo.backend.QuantizedTensor; a tied embedding's goes to the
+    lm_head too); aimed anywhere else (an embedding) it is dequantized.
     """
     params = dict(model.named_parameters())
     loaded = set()
@@ -137,6 +140,14 @@ def load_weights(model: nn.Module, weights, tie_word_embeddings: bool) -> None:
             module = model.get_submodule(module_name)
         except AttributeError:
             raise KeyError(f"checkpoint tensor {name!r} has no place in {type(model).__name__}") from None
+        if isinstance(source, QuantizedTensor):
+            if isinstance(module, nn.Linear) and param_name == "weight":
+                _attach_quantized(module, shard, source)
+                loaded.add(target)
+                continue
+            if tie_word_embeddings and target == "model.embed_tokens.weight":
+                _attach_quantized(model.lm_head, 0, source)
+            source = source.dequantize(params[target].dtype)
         if hasattr(module, "load_weight"):
             module.load_weight(param_name, source, shard)
         elif target in params:
@@ -147,3 +158,10 @@ def load_weights(model: nn.Module, weights, tie_word_embeddings: bool) -> None:
     missing = set(params) - loaded - ({"lm_head.weight"} if tie_word_embeddings else set())
     if missing:
         raise ValueError(f"checkpoint lacks {sorted(missing)[:5]} ({len(missing)} tensors)")
+
+
+def _attach_quantized(module: nn.Linear, shard: int, tensor: QuantizedTensor) -> None:
+    """Record a shard's quantized weight; shards left None stay in `module.weight`."""
+    if getattr(module, "quantized_weights", None) is None:
+        module.quantized_weights = [None] * len(getattr(module, "output_sizes", [0]))
+    module.quantized_weights[shard] = tensor

@@ -34,7 +34,8 @@ class TorchWorker(Worker):
     def load_model(self) -> ModelConfig:
         if self.rank is not None and self.rank.world_size > 1:
             self.comm = self.backend.communicator(self.rank, self.device)
-        self.model, self.model_config = load_model(self.config, self.device, self.backend.layer_ops(), self.comm)
+        self.model, self.model_config = load_model(self.config, self.device, self.backend.layer_ops(), self.comm,
+                                                   self.backend.quantized_types)
         return self.model_config
 
     def kv_cache_dtype(self) -> torch.dtype:
@@ -62,10 +63,15 @@ class TorchWorker(Worker):
             if isinstance(module, Attention):
                 shape = self.attention.kv_cache_shape(num_blocks, block_size, module.spec.num_kv_heads,
                                                       module.spec.head_dim)
-                module.kv_cache = torch.zeros(shape, dtype=self.kv_cache_dtype(), device=self.device)
+                module.kv_cache = self.new_kv_cache(shape)
         args = self.config, self.model_config, self.device
         self.runner = ModelRunner(self.model, self.attention, self.device, self.backend.step_sampler(*args),
                                   self.backend.step_graphs(*args), self.backend.inference_mode)
+
+    def new_kv_cache(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """One layer's cache, zeroed; a backend whose kernels never read a slot before writing
+        it may skip the fill (on the CPU, zeroing gigabytes of cache slows every start)."""
+        return torch.zeros(shape, dtype=self.kv_cache_dtype(), device=self.device)
 
     def warm_up(self) -> None:
         self.runner.warm_up(self.config.block_size)
