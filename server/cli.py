@@ -277,7 +277,13 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = build_settings(args)
     if not args.shutdown_timeout >= 0:
         raise ConfigError(f"--shutdown-timeout must be non-negative, got {args.shutdown_timeout}")
-    engine = AsyncLLM(config_from_args(args), start_loop=False)  # the loop runs on this thread
+    config = config_from_args(args)
+    if config.data_parallel_size > 1:
+        from octavo.engine.data_parallel import DataParallelLLM
+
+        engine = DataParallelLLM(config)  # each replica steps in a thread of its own
+    else:
+        engine = AsyncLLM(config, start_loop=False)  # the loop runs on this thread
     try:
         app = build_app(engine, settings)
         log.info("serving %s on http://%s:%d (max_model_len %d)", ", ".join(settings.served_model_names),

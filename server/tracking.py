@@ -18,7 +18,7 @@ from octavo.engine.async_engine import RequestFailedError
 from octavo.outputs import RequestOutput
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 
-from octavo.server.metrics import ServerMetrics
+from octavo.server.metrics import RequestMetrics, ServerMetrics
 
 logger = logging.getLogger("octavo.server")
 
@@ -32,7 +32,8 @@ class EngineStream:
         self.prompt = prompt
         self.params = params
         self.request_id = request_id
-        self.metrics = metrics
+        self.server_metrics = metrics
+        self._metrics: RequestMetrics | None = None  # its engine's, once known
         self.log_requests = log_requests
         self.endpoint = endpoint
         self.num_prompt_tokens = len(prompt["prompt_token_ids"])
@@ -84,8 +85,23 @@ class EngineStream:
         finally:
             await self.close()
 
+    @property
+    def metrics(self) -> RequestMetrics:
+        return self._engine_metrics()
+
+    def _engine_metrics(self) -> RequestMetrics:
+        """The series of the engine serving this request (a data-parallel front routes it on
+        its first step; until then, and if it never ran, engine 0's)."""
+        if self._metrics is None:
+            index = self.engine.replica_of(self.request_id)
+            if index is None:
+                return self.server_metrics.for_engine(0)
+            self._metrics = self.server_metrics.for_engine(index)
+        return self._metrics
+
     async def close(self) -> None:
         """Abort the request unless it finished; idempotent."""
+        self._engine_metrics()  # learn the engine before the request leaves it
         if self._first is not None and not self._first.done():
             self._first.cancel()
             with contextlib.suppress(BaseException):

@@ -68,3 +68,13 @@ def llama_llm(tiny_model):
     from octavo import LLM
 
     return LLM(tiny_model("llama"), dtype="float32", num_kv_blocks=256)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster (4 logical CPUs) for the session's Ray tests; RAY_ADDRESS points to it."""
+    pytest.importorskip("ray", reason="Ray is an optional dependency: pip install 'octavo[ray]'")
+    from ray_cluster import local_ray_cluster
+
+    with local_ray_cluster() as address:
+        yield address

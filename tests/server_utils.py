@@ -172,7 +172,8 @@ def octavo_serve(args: list[str], port: int, env: dict | None = None, timeout: f
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "octavo serve did not come up"
+            assert time.monotonic() < deadline, \
+                f"octavo serve did not come up in {timeout:.0f} s:\n{proc.output()[-3000:]}"
             time.sleep(0.25)
         proc.url = url
         yield proc
@@ -184,17 +185,17 @@ def octavo_serve(args: list[str], port: int, env: dict | None = None, timeout: f
             proc.kill()
 
 
-def check_paris_chat(url: str) -> None:
-    """Through the official openai client: the capital of France, non-streamed and streamed
-    alike (a real model, greedy)."""
+def check_chat(url: str, question: str = "What is the capital of France?", answer: str = "Paris") -> None:
+    """Through the official openai client: `answer` in the greedy reply to `question`,
+    non-streamed and streamed alike (a real model)."""
     import openai
 
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
     model = client.models.list().data[0].id
-    question = [{"role": "user", "content": "What is the capital of France?"}]
-    reply = client.chat.completions.create(model=model, messages=question, temperature=0, max_tokens=24)
-    assert "Paris" in reply.choices[0].message.content
-    stream = client.chat.completions.create(model=model, messages=question, temperature=0, max_tokens=24,
+    messages = [{"role": "user", "content": question}]
+    reply = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=24)
+    assert answer in reply.choices[0].message.content
+    stream = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=24,
                                             stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reply.choices[0].message.content
 

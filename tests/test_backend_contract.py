@@ -9,17 +9,20 @@ import pickle
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
 
 import pytest
 import torch
 
 import octavo.backend as contract
 from octavo import LLM, SamplingParams
-from octavo.backend import (ConfigError, ScheduledRequest, SchedulerOutput, StepGraphs, StepShape, TorchWorker,
-                            Worker)
+from octavo.backend import (BackendOptions, ConfigError, ScheduledRequest, SchedulerOutput, StepGraphs, StepSampler,
+                            StepShape, TorchWorker, Worker, option)
 from octavo.cli import main
 from octavo.devices import KNOWN_DEVICES
-from octavo.engine.options import parse_options
+from octavo.engine.options import add_option_groups, options_from_args, parse_options
 from octavo.structured_output import StructuredOutputParams
 from octavo.testing.checks import assert_no_leaks, varied_prompts
 from octavo.testing.tiny_models import hf_greedy
@@ -138,6 +141,26 @@ def test_a_yaml_config_sets_a_backend_option(tmp_path):
     assert parse_options(CpuBackend, {"num_threads": "1"}).num_threads == 1
 
 
+def test_an_option_two_backends_declare_is_one_flag(caplog):
+    """Two backends' `quantization` options (cpu and openvino): one --quantization sets both."""
+    import argparse
+
+    @dataclass
+    class First(BackendOptions):
+        level: Literal["low", "high"] = option("low", "the first backend's level")
+
+    @dataclass
+    class Second(BackendOptions):
+        level: Literal["low", "high"] = option("low", "the second backend's level")
+
+    parser = argparse.ArgumentParser()
+    with caplog.at_level(logging.WARNING, logger="octavo"):
+        add_option_groups(parser, {"a": type("A", (), {"options_class": First}),
+                                   "b": type("B", (), {"options_class": Second})})
+    assert not caplog.text
+    assert options_from_args(parser.parse_args(["--level", "high"])) == {"level": "high"}
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--num-threads", "many"], "--num-threads: expected an integer, got 'many'"),
     (["--num-threads", "0"], "--num-threads must be at least 1"),
@@ -248,12 +271,32 @@ class EagerReplayGraphs(StepGraphs):
         return self.captured[shape](input_ids, positions, metadata)
 
 
+class WarmedSampler(StepSampler):
+    """The core's sampler, with a warm-up task per static shape that checks the dummy step it
+    gets (what a compiling sampler would trace)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.warmed: list[StepShape] = []
+
+    def warm_up(self, shapes, step_for, compute_logits):
+        def task(shape: StepShape) -> None:
+            hidden, logits_indices = step_for(shape)
+            assert hidden.shape[0] == shape.num_tokens and logits_indices.shape == (shape.num_reqs,)
+            self.warmed.append(shape)
+
+        return [(f"sampler, {s.num_tokens} tokens", partial(task, s)) for s in shapes]
+
+
 class PaddedCpuBackend(CpuBackend):
     """The CPU kernels cannot skip a write, so padding tokens write into a block of the
     worker's own, one more than the engine hands out."""
 
     def step_graphs(self, config, model_config, device):
         return EagerReplayGraphs()
+
+    def step_sampler(self, config, model_config, device):
+        return WarmedSampler(self.sampler_ops(), device)
 
     def create_worker(self, config):
         worker = super().create_worker(config)
@@ -269,11 +312,18 @@ class PaddedCpuBackend(CpuBackend):
 
 def test_steps_padded_to_captured_shapes_give_hf_tokens(tiny_model):
     """A static-shape backend pads each step to a shape from `StepGraphs.shapes`; the tokens
-    stay HF's, and larger steps run eagerly."""
+    stay HF's, and larger steps run eagerly. Warm-up runs the backend's sampler's tasks after
+    the captures."""
     path = tiny_model("llama")
     llm = LLM(path, backend=PaddedCpuBackend(), dtype="float32", num_kv_blocks=64, max_num_batched_tokens=64)
-    graphs = llm.engine.worker.runner.graphs
+    runner = llm.engine.worker.runner
+    graphs = runner.graphs
     assert set(graphs.captured) == set(graphs.shapes())
+    assert graphs.runs == graphs.shapes(), "warm-up runs each shape once, after its capture"
+    assert runner.sampler.warmed == graphs.shapes()
+    assert [label.split(",")[0] for label, _ in runner.warm_up_times] == \
+        ["forward"] * len(graphs.shapes()) + ["sampler"] * len(graphs.shapes())
+    graphs.runs.clear()
     prompts = varied_prompts(1000)
     params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
     got = [o.outputs[0].token_ids for o in llm.generate(prompt_token_ids=prompts, sampling_params=params)]
@@ -297,7 +347,7 @@ def test_pad_inputs_leaves_real_rows_alone():
     assert padded.layout.seq_lens.tolist() == [3, 9, 0, 0]
     assert padded.layout.slot_mapping.tolist() == [64, 65, 66, 104, -1, -1, -1, -1]
     assert padded.layout.block_tables.tolist() == [[4, 0, 0, 0], [5, 6, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
-    assert padded.logits_indices.tolist() == [2, 3] and padded.layout.num_tokens == 8
+    assert padded.logits_indices.tolist() == [2, 3, 0, 0] and padded.layout.num_tokens == 8
     with pytest.raises(ValueError, match="does not fit"):
         pad_inputs(inputs, StepShape(2, 4), -1, None)
 

@@ -3,7 +3,7 @@ import pytest
 
 from octavo.backend import CONTRACT_VERSION, Availability, Backend, ConfigError, version_mismatch
 from octavo.cli import main
-from octavo.devices import KNOWN_DEVICES, list_devices, select_backend
+from octavo.devices import KNOWN_DEVICES, installed_backends, list_devices, select_backend
 
 
 def test_cpu_is_listed_usable_and_auto_picks_an_available_backend():
@@ -24,14 +24,15 @@ def test_unknown_device_is_rejected():
         select_backend("quantum")
 
 
-def fake_backend(version: str = CONTRACT_VERSION, available: bool = True) -> type[Backend]:
+def fake_backend(version: str = CONTRACT_VERSION, available: bool = True, auto: bool = True) -> type[Backend]:
     class Fake(Backend):
         name = "fake"
         contract_version = version
+        priority = 1000
 
         @classmethod
         def availability(cls):
-            return Availability(available, "" if available else "no fake-chip driver loaded")
+            return Availability(available, "emulated" if available else "no fake-chip driver loaded", auto)
 
         def create_worker(self, config):
             raise AssertionError("must not be reached")
@@ -43,6 +44,16 @@ def test_unavailable_backend_reports_its_reason(monkeypatch):
     monkeypatch.setattr("octavo.devices.installed_backends", lambda: {"fake": fake_backend(available=False)})
     with pytest.raises(ConfigError, match="unusable: no fake-chip driver loaded"):
         select_backend("fake")
+
+
+def test_a_backend_usable_by_name_only_is_never_picked_by_auto(monkeypatch, capsys):
+    """A testing mode (the TPU backend on XLA's CPU client) runs when named, not by default."""
+    installed = {"cpu": installed_backends()["cpu"], "fake": fake_backend(auto=False)}
+    monkeypatch.setattr("octavo.devices.installed_backends", lambda: installed)
+    assert select_backend("auto").name == "cpu"
+    assert select_backend("fake").name == "fake"
+    assert main(["devices"]) == 0
+    assert "fake       usable by name only (--device fake): emulated" in capsys.readouterr().out.splitlines()
 
 
 def test_contract_version_rule():

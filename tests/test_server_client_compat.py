@@ -391,6 +391,7 @@ def test_every_flag_has_a_help_line_with_its_default():
 def test_vllm_flags_are_accepted_with_a_warning(caplog):
     from octavo.config import ConfigError
     from octavo.engine.args import config_from_args
+    from octavo.executor import check_parallel_config
     from octavo.server.cli import resolve_args
 
     serve = octavo_commands()["serve"]
@@ -408,8 +409,10 @@ def test_vllm_flags_are_accepted_with_a_warning(caplog):
     settings = build_settings(resolve_args(serve.parse_args(["m", "--structured-outputs-config", so_config])))
     assert settings.disable_any_whitespace and settings.structured_outputs_in_reasoning
     assert settings.reasoning_parser.__name__ == "DeepSeekR1ReasoningParser"
-    with pytest.raises(ConfigError, match="--tensor-parallel-size 2"):
-        config_from_args(resolve_args(serve.parse_args(["m", "--tensor-parallel-size", "2"])))
+    config = config_from_args(resolve_args(serve.parse_args(["m", "-tp", "2", "-pp", "2"])))
+    assert config.tensor_parallel_size == 2  # a real flag now; pipeline parallelism is refused at start
+    with pytest.raises(ConfigError, match="pipeline"):
+        check_parallel_config(config, None)
 
 
 def test_docs_work_offline(http):

@@ -12,6 +12,7 @@ from octavo.config import EngineConfig
 from octavo.devices import KNOWN_DEVICES, loadable_backends
 from octavo.engine.options import add_option_groups, options_from_args
 from octavo.engine.vllm_compat import add_vllm_compat_args, warn_vllm_compat
+from octavo.executor import EXECUTOR_BACKENDS
 from octavo.structured_output.params import BACKENDS
 
 
@@ -49,6 +50,19 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--override-generation-config", type=json.loads, default=None, metavar="JSON",
                    help='sampling defaults over the generation config\'s, e.g. \'{"temperature": 0.5}\'')
     add_vllm_compat_args(parser)
+    p = parser.add_argument_group("parallelism")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                   help="worker processes that split the model (its heads, features and vocabulary) and run "
+                        "every step together (default: 1)")
+    p.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+                   help="engines behind the server, each with its own workers and KV cache; requests go to "
+                        "the least loaded (default: 1)")
+    p.add_argument("--distributed-executor-backend", choices=EXECUTOR_BACKENDS, default=None,
+                   help="how worker processes run: mp (multiprocessing, this machine) or ray (actors of a "
+                        "Ray cluster, which may span machines; pip install 'octavo[ray]') (default: mp)")
+    p.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
+                   help="not supported: pipeline parallelism is out of scope for now; any value but 1 "
+                        "is refused")
     add_option_groups(parser, loadable_backends())
 
 
@@ -71,6 +85,10 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         kv_cache_dtype=args.kv_cache_dtype,
         max_logprobs=args.max_logprobs,
         guided_decoding_backend=args.guided_decoding_backend,
+        tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
+        distributed_executor_backend=args.distributed_executor_backend,
         device_options=options_from_args(args),
         generation_config=args.generation_config,
         override_generation_config=args.override_generation_config,

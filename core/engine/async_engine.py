@@ -12,7 +12,9 @@ from another; library users get the loop in a background thread by default.
 
 A request the engine fails on (see LLMEngine.step) raises RequestFailedError in its consumer
 only. If `step()` itself raises, the engine is broken: every consumer gets EngineDeadError,
-`is_alive()` turns False and `run_engine_loop()` returns, for the server to exit non-zero.
+`is_alive()` turns False and `run_engine_loop()` returns, for the server to exit non-zero. So
+it is when the engine's worker processes fail (one died or raised), found by the step that
+needs them or, while idle, within a second.
 """
 from __future__ import annotations
 
@@ -26,10 +28,12 @@ from octavo.backend import Backend
 from octavo.config import EngineConfig
 from octavo.engine.isolation import EngineDeadError
 from octavo.engine.llm_engine import InputError, LLMEngine, Prompt
+from octavo.executor.base import WorkerError
 from octavo.outputs import RequestOutput
 from octavo.sampling_params import SamplingParams
 
 logger = logging.getLogger("octavo")
+IDLE_CHECK_S = 1.0  # an idle loop wakes this often to notice dead worker processes
 
 __all__ = ["AsyncLLM", "EngineDeadError", "RequestFailedError"]
 
@@ -43,9 +47,11 @@ class RequestFailedError(RuntimeError):
 
 
 class AsyncLLM:
-    def __init__(self, config: EngineConfig, start_loop: bool = True, backend: Backend | None = None):
-        """`backend` bypasses device selection, as LLMEngine's."""
-        self.engine = LLMEngine(config, backend)
+    def __init__(self, config: EngineConfig, start_loop: bool = True, backend: Backend | None = None,
+                 replica: int = 0):
+        """`backend` bypasses device selection, as LLMEngine's; `replica`: which data-parallel
+        replica this engine is (engine/data_parallel.py)."""
+        self.engine = LLMEngine(config, backend, replica)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
@@ -70,8 +76,17 @@ class AsyncLLM:
     def generation_defaults(self) -> dict:
         return self.engine.generation_defaults
 
+    @property
+    def engines(self) -> list[LLMEngine]:
+        """The engine cores behind this front (one; data parallelism has several)."""
+        return [self.engine]
+
+    def replica_of(self, request_id: str) -> int:
+        return 0
+
     def is_alive(self) -> bool:
-        return not self._stopped and self.dead is None and self._looping.is_set()
+        return (not self._stopped and self.dead is None and self._looping.is_set()
+                and self.engine.worker_error() is None)
 
     async def generate(self, prompt: Prompt, params: SamplingParams,
                        request_id: str) -> AsyncIterator[RequestOutput]:
@@ -82,7 +97,8 @@ class AsyncLLM:
         parent = self.engine.make_request(request_id, prompt, params)
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), stream)
-        if self._stopped or self.dead is not None:  # the loop may have failed the streams it saw
+        if self._stopped or self.dead is not None or self.engine.worker_error() is not None:
+            # the loop may have failed the streams it saw
             self._streams.pop(request_id, None)
             raise EngineDeadError("the engine has stopped")
         self._send("add", parent)
@@ -138,8 +154,10 @@ class AsyncLLM:
         while not self._stopped:
             self._drain_inbox()
             if not self.engine.has_unfinished_requests():
-                self._wake.wait()
+                self._wake.wait(IDLE_CHECK_S)
                 self._wake.clear()
+                if (error := self.engine.worker_error()) is not None:
+                    raise WorkerError(error)
                 continue
             for out in self.engine.step():
                 self._deliver(out.request_id, out)

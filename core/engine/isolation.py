@@ -51,6 +51,8 @@ class FaultIsolator:
     def run(self, batch: SchedulerOutput) -> tuple[ModelRunnerOutput, StepFaults | None]:
         try:
             result = self.run_step(batch)
+        except EngineDeadError:  # the engine itself (its worker processes): nothing to isolate
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure of the step is isolated
             logger.warning("a step of %d requests failed (%s: %s); running them again in smaller groups "
                            "to find the cause", len(batch.requests), type(exc).__name__, exc)
@@ -66,6 +68,8 @@ class FaultIsolator:
             if error is None:
                 try:
                     part = self.run_step(self.resend(batch, rows))
+                except EngineDeadError:
+                    raise
                 except Exception as exc:  # noqa: BLE001
                     error = exc
                 else:

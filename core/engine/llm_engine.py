@@ -1,7 +1,9 @@
 """The synchronous engine: add requests, call `step()` until done.
 
 One step = schedule -> worker.execute_model / sample_tokens -> scheduler.update -> output
-processing. The async engine and the offline `LLM` both drive this loop.
+processing. The async engine and the offline `LLM` both drive this loop. The worker is the
+backend's, in this process, or an executor over worker processes (tensor-parallel ranks, or
+the one worker of a data-parallel replica): the engine drives both alike.
 
 A request can fail without taking others with it: every sampling value that could break a
 step is refused in `make_request`; a step that raises anyway is run again in smaller groups
@@ -21,6 +23,8 @@ from octavo.config import ConfigError, EngineConfig, ModelConfig
 from octavo.devices import loadable_backends, select_backend
 from octavo.engine.isolation import FaultIsolator, StepFaults
 from octavo.engine.options import parse_options
+from octavo.executor import check_parallel_config, create_executor
+from octavo.executor.base import Executor
 from octavo.generation_config import generation_defaults
 from octavo.engine.output_processor import OutputProcessor, ParentState, SequenceState
 from octavo.detokenizer import IncrementalDetokenizer
@@ -47,9 +51,10 @@ class InputError(ValueError):
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, backend: Backend | None = None):
+    def __init__(self, config: EngineConfig, backend: Backend | None = None, replica: int = 0):
         """`backend` bypasses device selection (a backend class that is not registered, e.g.
-        one emulated on the CPU for testing); `config.device_options` then replace its options."""
+        one emulated on the CPU for testing); `config.device_options` then replace its options.
+        `replica`: which data-parallel replica this engine is (it picks the workers' devices)."""
         check_config(config)
         self.config = config
         torch.manual_seed(config.seed)  # unseeded requests draw from the global generators
@@ -59,7 +64,8 @@ class LLMEngine:
             backend.options = parse_options(type(backend), config.device_options, loadable_backends())
         self.backend = backend
         self.backend.check_and_update_config(config)
-        self.worker = self.backend.create_worker(config)
+        check_parallel_config(config, self.backend)
+        self.worker = create_executor(config, self.backend, replica)
         self.model_config: ModelConfig = self.worker.load_model()
         self.tokenizer = load_tokenizer(config.model, config.tokenizer)
         num_blocks = config.num_kv_blocks or self.worker.num_kv_blocks(config.block_size)
@@ -241,6 +247,10 @@ class LLMEngine:
 
     def stats(self) -> SchedulerStats:
         return self.scheduler.stats()
+
+    def worker_error(self) -> str | None:
+        """Why the worker processes stopped (None: they run, or the worker is in-process)."""
+        return self.worker.error if isinstance(self.worker, Executor) else None
 
     def shutdown(self) -> None:
         self.structured_output.shutdown()

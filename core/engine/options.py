@@ -135,6 +135,8 @@ def add_option_groups(parser: argparse.ArgumentParser, backends: Mapping[str, ty
     for options_class, names in by_class.items():
         group = parser.add_argument_group(f"{', '.join(names)} backend{'s' if len(names) > 1 else ''}")
         for f in option_fields(options_class):
+            if any(action.dest == DEST_PREFIX + f.name for action in parser._actions):
+                continue  # another backend's option of the same name: one flag sets both
             if f.flag in taken:
                 logger.warning("the %s backend's option %s is already a flag; set it in the config file",
                                names[0], f.flag)

@@ -13,16 +13,14 @@ _NO_EFFECT: list[tuple[tuple[str, ...], dict, str]] = [
      "no remote code is ever run: models load from config.json + safetensors or GGUF"),
     (("--disable-frontend-multiprocessing",), {"action": "store_true"},
      "the HTTP server and the engine share one process"),
-    (("--tensor-parallel-size", "-tp"), {"type": int}, "one device per engine (a value above 1 is an error)"),
-    (("--pipeline-parallel-size", "-pp"), {"type": int}, "one device per engine (a value above 1 is an error)"),
-    (("--distributed-executor-backend",), {}, "one device per engine"),
     (("--swap-space",), {"type": float}, "preempted requests are recomputed, never swapped"),
     (("--download-dir",), {}, "models are local paths: nothing is downloaded"),
     (("--load-format",), {}, "safetensors and GGUF are recognised by the files"),
     (("--revision", "--tokenizer-revision", "--code-revision"), {}, "models are local paths: no hub revisions"),
     (("--tokenizer-mode",), {}, "the tokenizer is always the model's own (fast where it has one)"),
     (("--max-seq-len-to-capture",), {"type": int}, "graph capture sizes are the device backend's own option"),
-    (("--disable-custom-all-reduce",), {"action": "store_true"}, "one device per engine"),
+    (("--disable-custom-all-reduce",), {"action": "store_true"},
+     "tensor-parallel ranks all-reduce through the backend's communicator (torch.distributed)"),
     (("--enable-prompt-tokens-details",), {"action": "store_true"},
      "usage always reports prompt_tokens_details.cached_tokens"),
     (("--max-log-len",), {"type": int}, "the request log line holds no prompt text"),
@@ -48,13 +46,9 @@ def add_vllm_compat_args(parser: argparse.ArgumentParser) -> None:
 
 
 def warn_vllm_compat(args: argparse.Namespace) -> None:
-    """Warn for each given no-effect flag; refuse the ones whose value would need a feature."""
-    from octavo.config import ConfigError
-
+    """Warn for each given no-effect flag."""
     for flags, _, why in _NO_EFFECT:
         value = getattr(args, _dest(flags), None)
         if value in (None, False):
             continue
-        if flags[0] in ("--tensor-parallel-size", "--pipeline-parallel-size") and value > 1:
-            raise ConfigError(f"{flags[0]} {value}: parallelism across devices is not supported yet")
         logger.warning("%s is accepted for vLLM compatibility and has no effect: %s", flags[0], why)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from tqdm.auto import tqdm
 
 from octavo.backend import Backend
-from octavo.config import EngineConfig
+from octavo.config import ConfigError, EngineConfig
 from octavo.engine.llm_engine import LLMEngine, Prompt
 from octavo.outputs import RequestOutput
 from octavo.sampling_params import RequestOutputKind, SamplingParams
@@ -16,8 +16,13 @@ from octavo.sampling_params import RequestOutputKind, SamplingParams
 
 class LLM:
     def __init__(self, model: str | None = None, *, backend: Backend | None = None, **engine_args):
-        """`engine_args`: EngineConfig's fields, and the device backend's options by name."""
-        self.engine = LLMEngine(EngineConfig.from_kwargs(model=model, **engine_args), backend)
+        """`engine_args`: EngineConfig's fields (`tensor_parallel_size=2`, ...), and the device
+        backend's options by name."""
+        config = EngineConfig.from_kwargs(model=model, **engine_args)
+        if config.data_parallel_size != 1:
+            raise ConfigError("data_parallel_size: LLM runs one engine; several run behind one "
+                              "`octavo serve --data-parallel-size N`")
+        self.engine = LLMEngine(config, backend)
         self._ids = itertools.count()
 
     def get_tokenizer(self):

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from octavo.backend import Communicator, QuantizedTensor
 from octavo.config import ConfigError, EngineConfig, ModelConfig
+from octavo.distributed import SingleRank
 from octavo.loader import gguf
 from octavo.models import model_class
 from octavo.models.layers import load_weights
@@ -35,7 +37,21 @@ def load_hf_config(path: str):
     return AutoConfig.from_pretrained(path)
 
 
-def iter_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+class SafetensorsSlice:
+    """A checkpoint tensor not read yet: `narrow` reads only the part asked for from the
+    memory-mapped file (a tensor-parallel rank reads its shard only). Valid until the
+    iteration that yielded it moves on."""
+
+    def __init__(self, file_slice):
+        self._slice = file_slice
+        self.shape = tuple(file_slice.get_shape())
+
+    def narrow(self, dim: int, start: int, length: int) -> torch.Tensor:
+        return self._slice[(slice(None),) * dim + (slice(start, start + length),)]
+
+
+def iter_safetensors(path: str, lazy: bool = False) -> Iterator[tuple[str, torch.Tensor | SafetensorsSlice]]:
+    """The checkpoint's tensors by name; `lazy`: as SafetensorsSlice, read when narrowed."""
     from safetensors import safe_open
 
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
@@ -44,13 +60,17 @@ def iter_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
     for file in files:
         with safe_open(file, framework="pt") as f:
             for name in f.keys():
-                yield name, f.get_tensor(name)
+                yield name, SafetensorsSlice(f.get_slice(name)) if lazy else f.get_tensor(name)
 
 
-def iter_model_weights(path: str, hf_config, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """The checkpoint's tensors under their HF names: safetensors as stored, GGUF dequantized
-    to `dtype` (for backends that convert the model to a runtime of their own)."""
-    return gguf.iter_gguf_tensors(path, hf_config, dtype) if gguf.is_gguf(path) else iter_safetensors(path)
+def iter_model_weights(path: str, hf_config, dtype: torch.dtype, quantized_types: frozenset[str] = frozenset(),
+                       lazy: bool = False) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
+    """The checkpoint's tensors under their HF names: safetensors as stored (`lazy`: as slices
+    a rank cuts its shard from), GGUF dequantized to `dtype` but for 2-D tensors of
+    `quantized_types`, kept in their blocks."""
+    if gguf.is_gguf(path):
+        return gguf.iter_gguf_tensors(path, hf_config, dtype, quantized_types)
+    return iter_safetensors(path, lazy)
 
 
 @contextlib.contextmanager
@@ -85,15 +105,24 @@ def model_config_for(config: EngineConfig, hf_config) -> ModelConfig:
     )
 
 
-def load_model(config: EngineConfig, device: torch.device, ops: LayerOps) -> tuple[nn.Module, ModelConfig]:
-    """Build the model on `device`, its norms and rotary embeddings computing with `ops`."""
+def load_model(config: EngineConfig, device: torch.device, ops: LayerOps,
+               comm: Communicator | None = None,
+               quantized_types: frozenset[str] = frozenset()) -> tuple[nn.Module, ModelConfig]:
+    """Build the model on `device`, its norms and rotary embeddings computing with `ops`: the
+    whole model, or with `comm` of several ranks, this rank's shard of it (read from the
+    checkpoint alone: safetensors by slice; GGUF tensors dequantized one at a time, then cut).
+    GGUF linears of `quantized_types` keep their blocks (octavo.backend.QuantizedTensor) when
+    the model is whole."""
     path = resolve_model_path(config.model)
     hf_config = load_hf_config(path)
     model_config = model_config_for(config, hf_config)
     _, cls = model_class(hf_config)
     with _default_dtype(config.dtype), torch.device(device):
-        model = cls(hf_config, hf_config.max_position_embeddings, ops)
-    load_weights(model, iter_model_weights(path, hf_config, config.dtype), hf_config.tie_word_embeddings)
+        model = cls(hf_config, hf_config.max_position_embeddings, ops, comm or SingleRank())
+    if comm is not None and comm.world_size > 1:
+        quantized_types = frozenset()  # a rank's shard cuts through blocks: dequantize
+    load_weights(model, iter_model_weights(path, hf_config, config.dtype, quantized_types, lazy=True),
+                 hf_config.tie_word_embeddings)
     model.eval().requires_grad_(False)
     return model, model_config
 

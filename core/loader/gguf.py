@@ -1,22 +1,38 @@
 """Octavo's own GGUF loader.
 
 Config and tokenizer come from transformers (the correctness reference); tensors are read
-with the `gguf` package one at a time, dequantized, renamed to HF transformers' parameter
-names, with llama.cpp's conversion fixups undone, so a model never sits twice in memory.
-The names and fixups follow transformers/modeling_gguf_pytorch_utils.py.
+one at a time from the memory-mapped file, renamed to HF transformers' parameter names, with
+llama.cpp's conversion fixups undone, so a model never sits twice in memory. Tensors whose
+GGUF type the backend multiplies natively stay in their blocks (`QuantizedTensor`); the
+rest are dequantized (by the `gguf` package). The names and fixups follow
+transformers/modeling_gguf_pytorch_utils.py.
+
+Parsing a GGUF's metadata in Python is slow (SmolLM2's 49k-token vocabulary: seconds, and
+transformers parses the whole file again for the config and again for the tokenizer), so
+the first load caches what it derived under `cache_root()`: each tensor's type, shape and
+offset (`GgufIndex`), the HF config and the tokenizer. Later loads of the same file read
+those and parse nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import transformers
-from gguf import GGUFReader
-from gguf.quants import dequantize
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize, quant_shape_to_byte_shape
+from tqdm import tqdm
+
+from octavo.backend import QuantizedTensor
 
 _DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -80,18 +96,86 @@ def is_gguf(path: str) -> bool:
         return False
 
 
+def cache_root() -> str:
+    """Where octavo caches what it derives from model files (OCTAVO_CACHE, default ~/.cache/octavo)."""
+    return os.environ.get("OCTAVO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "octavo")
+
+
+@dataclass(slots=True)
+class TensorEntry:
+    name: str  # GGUF tensor name
+    qtype: str  # GGML type name
+    shape: list[int]  # numpy order: [rows, columns] for a matrix
+    offset: int  # bytes from the start of the file
+
+
+@dataclass(slots=True)
+class GgufIndex:
+    """A GGUF file's tensors, parsed once per file version and cached on disk (index.json),
+    in the folder that also caches its HF config and tokenizer."""
+
+    folder: str
+    arch: str  # general.architecture
+    tensors: list[TensorEntry]
+
+    @classmethod
+    def load(cls, path: str) -> GgufIndex:
+        folder = _cache_folder(path)
+        index_file = os.path.join(folder, "index.json")
+        if not os.path.isfile(index_file):
+            reader = GGUFReader(path)
+            field = reader.fields["general.architecture"]
+            tensors = [TensorEntry(t.name, t.tensor_type.name, [int(n) for n in reversed(t.shape)],
+                                   int(t.data_offset)) for t in reader.tensors]
+            index = {"arch": bytes(field.parts[field.data[0]]).decode(), "tensors": [asdict(t) for t in tensors]}
+
+            def write(tmp: str) -> None:
+                with open(tmp, "w") as f:
+                    json.dump(index, f)
+
+            _put(index_file, write)
+        with open(index_file) as f:
+            index = json.load(f)
+        return cls(folder, index["arch"], [TensorEntry(**t) for t in index["tensors"]])
+
+
+def _cache_folder(path: str) -> str:
+    """The cache folder of this version of the file (path, size and modification time)."""
+    stat = os.stat(path)
+    key = hashlib.sha1(f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return os.path.join(cache_root(), "gguf", key)
+
+
+def _put(target: str, write) -> None:
+    """write(tmp) a file or folder beside `target`, then move it into place (concurrent
+    first loads each write their own; the first move wins)."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    write(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached_pretrained(path: str, kind: str, auto_class):
+    """transformers' config or tokenizer from the GGUF (which parses the whole file), saved
+    on first use and read from the cache after."""
+    folder = os.path.join(_cache_folder(path), kind)
+    if not os.path.isdir(folder):
+        made = auto_class.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
+        _put(folder, made.save_pretrained)
+    return auto_class.from_pretrained(folder)
+
+
 def load_gguf_config(path: str) -> transformers.PretrainedConfig:
     """The HF config transformers derives from the GGUF metadata (tie_word_embeddings included)."""
-    return transformers.AutoConfig.from_pretrained(
-        os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path)
-    )
+    return _cached_pretrained(path, "config", transformers.AutoConfig)
 
 
 def load_gguf_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
     """The fast HF tokenizer built from the GGUF vocabulary, with the GGUF's chat template."""
-    return transformers.AutoTokenizer.from_pretrained(
-        os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path)
-    )
+    return _cached_pretrained(path, "tokenizer", transformers.AutoTokenizer)
 
 
 def _hf_name(arch: str, gguf_name: str) -> str:
@@ -115,32 +199,48 @@ def _unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def iter_gguf_tensors(
-    path: str, config: transformers.PretrainedConfig, dtype: torch.dtype
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (HF parameter name, dequantized tensor in `dtype`, HF layout), one tensor at a time.
+    path: str, config: transformers.PretrainedConfig, dtype: torch.dtype, quantized_types: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
+    """Yield (HF parameter name, tensor in HF layout), one tensor at a time: a QuantizedTensor
+    for a 2-D tensor whose GGUF type is in `quantized_types`, else the values dequantized to
+    `dtype`.
 
     `lm_head.weight` is yielded only when the GGUF has its own output tensor and the config
     is untied.
     """
-    reader = GGUFReader(path)
-    field = reader.fields["general.architecture"]
-    arch = bytes(field.parts[field.data[0]]).decode()
+    index = GgufIndex.load(path)
+    arch = index.arch
     if arch not in _LAYER_NAMES:
         supported = ", ".join(_LAYER_NAMES)
         raise ValueError(f"GGUF architecture {arch!r} is not supported (supported: {supported})")
     skipped = _SKIPPED | ({"output.weight"} if config.tie_word_embeddings else set())
-    for tensor in reader.tensors:
-        if tensor.name in skipped:
-            continue
+    tensors = [t for t in index.tensors if t.name not in skipped]
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    for tensor in tqdm(tensors, desc="loading GGUF tensors", unit="tensor", leave=False, delay=2):
         name = _hf_name(arch, tensor.name)
-        # float32; for F32 tensors a read-only view of the memory-mapped file, hence the copy
-        weights = dequantize(tensor.data, tensor.tensor_type)
-        t = torch.from_numpy(weights if weights.flags.writeable else weights.copy())
+        qtype = GGMLQuantizationType[tensor.qtype]
+        byte_shape = quant_shape_to_byte_shape(tuple(tensor.shape), qtype)
+        raw = data[tensor.offset:tensor.offset + int(np.prod(byte_shape))].reshape(byte_shape)
+        keep = tensor.qtype in quantized_types and len(tensor.shape) == 2
+        if keep:  # the file's rows of blocks, copied out of the read-only map
+            rows = torch.from_numpy(np.array(raw))
+            t = QuantizedTensor(tensor.qtype, rows, (rows.shape[0], tensor.shape[1]))
+        else:  # float32; for F32 tensors a read-only view of the memory-mapped file, hence the copy
+            weights = dequantize(raw, qtype).reshape(tensor.shape)
+            t = torch.from_numpy(weights if weights.flags.writeable else weights.copy())
         if arch == "llama" and ".attn_q." in tensor.name:
-            t = _unpermute(t, config.num_attention_heads)
+            t = _unpermute_rows(t, config.num_attention_heads)
         elif arch == "llama" and ".attn_k." in tensor.name:
-            t = _unpermute(t, config.num_key_value_heads)
+            t = _unpermute_rows(t, config.num_key_value_heads)
         elif arch == "gemma3" and tensor.name.endswith("norm.weight"):
             # llama.cpp stores Gemma's RMSNorm weights as w + 1; HF's Gemma3RMSNorm adds the 1.
             t = t - 1
-        yield name, t.to(dtype)
+        yield name, t if keep else t.to(dtype)
+
+
+def _unpermute_rows(t: torch.Tensor | QuantizedTensor, n_head: int) -> torch.Tensor | QuantizedTensor:
+    """`_unpermute` for dense tensors, or on a quantized weight's rows of blocks."""
+    if isinstance(t, QuantizedTensor):
+        return QuantizedTensor(t.qtype, _unpermute(t.data, n_head), t.shape)
+    return _unpermute(t, n_head)
+

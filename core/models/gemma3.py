@@ -5,24 +5,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from octavo.backend import AttentionSpec
-from octavo.models.layers import (Attention, ForwardContext, GatedMLP, GemmaRMSNorm, MergedLinear,
-                                  RotaryEmbedding, rope_inv_freq)
+from octavo.backend import AttentionSpec, Communicator
+from octavo.models.layers import Attention, ForwardContext, GatedMLP, GemmaRMSNorm, RotaryEmbedding, rope_inv_freq
 from octavo.models.llama import head_dim_of, sliding_window_of
 from octavo.models.ops import LayerOps, Rope
+from octavo.models.parallel import (ColumnParallelLinear, HeadSplit, ParallelLMHead, RowParallelLinear,
+                                    VocabParallelEmbedding, gather_logits)
 
 
 class Gemma3Attention(nn.Module):
-    def __init__(self, config, layer: int, ops: LayerOps):
+    def __init__(self, config, layer: int, ops: LayerOps, comm: Communicator):
         super().__init__()
         self.ops = ops
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        self.comm = comm
         self.head_dim = head_dim_of(config)
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.split = [q_size, kv_size, kv_size]
-        self.qkv_proj = MergedLinear(config.hidden_size, self.split, bias=config.attention_bias)
-        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.attention_bias)
+        heads = HeadSplit.of(config.num_attention_heads, config.num_key_value_heads, comm.rank, comm.world_size)
+        self.num_heads, self.num_kv_heads = heads.num_heads, heads.num_kv_heads
+        self.qkv_proj = ColumnParallelLinear.qkv(config.hidden_size, heads, self.head_dim, config.attention_bias)
+        self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim, config.hidden_size,
+                                        config.attention_bias, comm, "attention heads")
+        self.split = self.qkv_proj.output_sizes
         self.q_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps, ops)
         self.k_norm = GemmaRMSNorm(self.head_dim, config.rms_norm_eps, ops)
         self.attn = Attention(AttentionSpec(self.num_heads, self.num_kv_heads, self.head_dim,
@@ -37,16 +39,16 @@ class Gemma3Attention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         q, k = self.ops.rope(rope, q, k)
         out = self.attn(q, k, v, ctx)
-        return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
+        return self.comm.all_reduce(self.o_proj(out.reshape(-1, self.num_heads * self.head_dim)))
 
 
 class Gemma3DecoderLayer(nn.Module):
-    def __init__(self, config, layer: int, ops: LayerOps):
+    def __init__(self, config, layer: int, ops: LayerOps, comm: Communicator):
         super().__init__()
         eps = config.rms_norm_eps
         self.layer_type = config.layer_types[layer]
-        self.self_attn = Gemma3Attention(config, layer, ops)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_activation, ops)
+        self.self_attn = Gemma3Attention(config, layer, ops, comm)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_activation, ops, comm)
         self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps, ops)
         self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps, ops)
         self.pre_feedforward_layernorm = GemmaRMSNorm(config.hidden_size, eps, ops)
@@ -65,14 +67,14 @@ class Gemma3DecoderLayer(nn.Module):
 
 
 class Gemma3Model(nn.Module):
-    def __init__(self, config, max_positions: int, ops: LayerOps):
+    def __init__(self, config, max_positions: int, ops: LayerOps, comm: Communicator):
         super().__init__()
         head_dim = head_dim_of(config)
         self.rotary = nn.ModuleDict({kind: RotaryEmbedding(*rope_inv_freq(config, head_dim, kind), max_positions, ops)
                                      for kind in sorted(set(config.layer_types))})
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, comm)
         self.embed_scale = config.hidden_size ** 0.5
-        self.layers = nn.ModuleList(Gemma3DecoderLayer(config, i, ops)
+        self.layers = nn.ModuleList(Gemma3DecoderLayer(config, i, ops, comm)
                                     for i in range(config.num_hidden_layers))
         self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 
@@ -87,10 +89,12 @@ class Gemma3Model(nn.Module):
 
 
 class Gemma3ForCausalLM(nn.Module):
-    def __init__(self, config, max_positions: int, ops: LayerOps):
+    def __init__(self, config, max_positions: int, ops: LayerOps, comm: Communicator):
         super().__init__()
-        self.model = Gemma3Model(config, max_positions, ops)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.comm = comm
+        self.vocab_size = config.vocab_size
+        self.model = Gemma3Model(config, max_positions, ops, comm)
+        self.lm_head = ParallelLMHead(config.hidden_size, config.vocab_size, comm)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.final_softcap = config.final_logit_softcapping
@@ -98,8 +102,9 @@ class Gemma3ForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext):
         return self.model(input_ids, positions, ctx)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(hidden).float()
-        if self.final_softcap is not None:
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """fp32 logits on rank 0; None on the other tensor-parallel ranks."""
+        logits = gather_logits(self.lm_head, hidden, self.comm, self.vocab_size)
+        if logits is not None and self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         return logits

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from octavo.backend import AttentionBackend, AttentionSpec
+from octavo.backend import AttentionBackend, AttentionSpec, Communicator, QuantizedTensor
 from octavo.models.ops import ACTIVATIONS, LayerOps, Rope
+from octavo.models.parallel import ColumnParallelLinear, RowParallelLinear, read_whole
 
 
 @dataclass(slots=True)
@@ -42,18 +43,6 @@ class GemmaRMSNorm(RMSNorm):
     """Gemma-style: scale by (1 + w) in fp32, then cast back."""
 
     gemma = True
-
-
-class MergedLinear(nn.Linear):
-    """Several projections of the same input in one matmul (q/k/v, gate/up)."""
-
-    def __init__(self, in_features: int, output_sizes: list[int], bias: bool):
-        super().__init__(in_features, sum(output_sizes), bias=bias)
-        self.output_sizes = output_sizes
-
-    def load_shard(self, param_name: str, shard: int, tensor: torch.Tensor) -> None:
-        start = sum(self.output_sizes[:shard])
-        getattr(self, param_name).data[start:start + self.output_sizes[shard]].copy_(tensor)
 
 
 def rope_inv_freq(hf_config, head_dim: int, layer_type: str | None = None) -> tuple[torch.Tensor, float]:
@@ -100,17 +89,21 @@ class Attention(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, act: str, ops: LayerOps):
+    """act(gate) * up, then down; split by intermediate features over tensor-parallel ranks."""
+
+    def __init__(self, hidden: int, intermediate: int, act: str, ops: LayerOps, comm: Communicator):
         super().__init__()
         if act not in ACTIVATIONS:
             raise ValueError(f"unsupported activation {act!r} (known: {', '.join(ACTIVATIONS)})")
-        self.gate_up_proj = MergedLinear(hidden, [intermediate, intermediate], bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        what = "intermediate features"
+        self.gate_up_proj = ColumnParallelLinear.merged(hidden, [intermediate, intermediate], False, comm, what)
+        self.down_proj = RowParallelLinear(intermediate, hidden, False, comm, what)
         self.act = act
         self.ops = ops
+        self.comm = comm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.ops.act_and_mul(self.gate_up_proj(x), self.act))
+        return self.comm.all_reduce(self.down_proj(self.ops.act_and_mul(self.gate_up_proj(x), self.act)))
 
 
 PACKED_MODULES = {
@@ -123,25 +116,52 @@ PACKED_MODULES = {
 
 
 def load_weights(model: nn.Module, weights, tie_word_embeddings: bool) -> None:
-    """Copy HF-named tensors into the model, packing q/k/v and gate/up on the way."""
+    """Copy HF-named tensors into the model, packing q/k/v and gate/up on the way.
+
+    A tensor may be one not read yet (`octavo.loader.SafetensorsSlice`): the parallel layers
+    (`load_weight`) then read only their rank's shard of it.
+    A QuantizedTensor aimed at a linear's weight is attached to the linear instead
+    (`quantized_weights`, see octavo.backend.QuantizedTensor; a tied embedding's goes to the
+    lm_head too); aimed anywhere else (an embedding) it is dequantized.
+    """
     params = dict(model.named_parameters())
     loaded = set()
-    for name, tensor in weights:
+    for name, source in weights:
         if "rotary_emb.inv_freq" in name or (tie_word_embeddings and name.startswith("lm_head.")):
             continue
         module_name, _, param_name = name.rpartition(".")
         parent, _, leaf = module_name.rpartition(".")
+        shard = 0
         if leaf in PACKED_MODULES:
-            packed, shard = PACKED_MODULES[leaf]
-            target = f"{parent}.{packed}.{param_name}"
-            module = model.get_submodule(f"{parent}.{packed}")
-            module.load_shard(param_name, shard, tensor)
+            leaf, shard = PACKED_MODULES[leaf]
+            module_name = f"{parent}.{leaf}"
+        target = f"{module_name}.{param_name}"
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            raise KeyError(f"checkpoint tensor {name!r} has no place in {type(model).__name__}") from None
+        if isinstance(source, QuantizedTensor):
+            if isinstance(module, nn.Linear) and param_name == "weight":
+                _attach_quantized(module, shard, source)
+                loaded.add(target)
+                continue
+            if tie_word_embeddings and target == "model.embed_tokens.weight":
+                _attach_quantized(model.lm_head, 0, source)
+            source = source.dequantize(params[target].dtype)
+        if hasattr(module, "load_weight"):
+            module.load_weight(param_name, source, shard)
+        elif target in params:
+            params[target].data.copy_(read_whole(source))
         else:
-            target = name
-            if target not in params:
-                raise KeyError(f"checkpoint tensor {name!r} has no place in {type(model).__name__}")
-            params[target].data.copy_(tensor)
+            raise KeyError(f"checkpoint tensor {name!r} has no place in {type(model).__name__}")
         loaded.add(target)
     missing = set(params) - loaded - ({"lm_head.weight"} if tie_word_embeddings else set())
     if missing:
         raise ValueError(f"checkpoint lacks {sorted(missing)[:5]} ({len(missing)} tensors)")
+
+
+def _attach_quantized(module: nn.Linear, shard: int, tensor: QuantizedTensor) -> None:
+    """Record a shard's quantized weight; shards left None stay in `module.weight`."""
+    if getattr(module, "quantized_weights", None) is None:
+        module.quantized_weights = [None] * len(getattr(module, "output_sizes", [0]))
+    module.quantized_weights[shard] = tensor

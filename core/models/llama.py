@@ -8,10 +8,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from octavo.backend import AttentionSpec
-from octavo.models.layers import (Attention, ForwardContext, GatedMLP, MergedLinear, RMSNorm, RotaryEmbedding,
-                                  rope_inv_freq)
+from octavo.backend import AttentionSpec, Communicator
+from octavo.models.layers import Attention, ForwardContext, GatedMLP, RMSNorm, RotaryEmbedding, rope_inv_freq
 from octavo.models.ops import LayerOps, Rope
+from octavo.models.parallel import (ColumnParallelLinear, HeadSplit, ParallelLMHead, RowParallelLinear,
+                                    VocabParallelEmbedding, gather_logits)
 
 
 def head_dim_of(config) -> int:
@@ -26,17 +27,20 @@ def sliding_window_of(config, layer: int) -> int | None:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config, layer: int, qk_norm: bool, ops: LayerOps):
+    """This rank's heads (all of them at one rank); o_proj's partial sums are all-reduced."""
+
+    def __init__(self, config, layer: int, qk_norm: bool, ops: LayerOps, comm: Communicator):
         super().__init__()
         self.ops = ops
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        self.comm = comm
         self.head_dim = head_dim_of(config)
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        heads = HeadSplit.of(config.num_attention_heads, config.num_key_value_heads, comm.rank, comm.world_size)
+        self.num_heads, self.num_kv_heads = heads.num_heads, heads.num_kv_heads
         bias = getattr(config, "attention_bias", False) or config.model_type == "qwen2"
-        self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], bias=bias)
-        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=getattr(config, "attention_bias", False))
-        self.split = [q_size, kv_size, kv_size]
+        self.qkv_proj = ColumnParallelLinear.qkv(config.hidden_size, heads, self.head_dim, bias)
+        self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim, config.hidden_size,
+                                        getattr(config, "attention_bias", False), comm, "attention heads")
+        self.split = self.qkv_proj.output_sizes
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ops) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ops) if qk_norm else None
         self.attn = Attention(AttentionSpec(self.num_heads, self.num_kv_heads, self.head_dim,
@@ -52,14 +56,14 @@ class LlamaAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.ops.rope(rope, q, k)
         out = self.attn(q, k, v, ctx)
-        return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
+        return self.comm.all_reduce(self.o_proj(out.reshape(-1, self.num_heads * self.head_dim)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, layer: int, qk_norm: bool, ops: LayerOps):
+    def __init__(self, config, layer: int, qk_norm: bool, ops: LayerOps, comm: Communicator):
         super().__init__()
-        self.self_attn = LlamaAttention(config, layer, qk_norm, ops)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act, ops)
+        self.self_attn = LlamaAttention(config, layer, qk_norm, ops, comm)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act, ops, comm)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 
@@ -79,13 +83,13 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config, max_positions: int, ops: LayerOps):
+    def __init__(self, config, max_positions: int, ops: LayerOps, comm: Communicator):
         super().__init__()
         qk_norm = config.model_type == "qwen3"
         inv_freq, scaling = rope_inv_freq(config, head_dim_of(config))
         self.rotary = RotaryEmbedding(inv_freq, scaling, max_positions, ops)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, qk_norm, ops)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, comm)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, qk_norm, ops, comm)
                                     for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 
@@ -99,15 +103,18 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config, max_positions: int, ops: LayerOps):
+    def __init__(self, config, max_positions: int, ops: LayerOps, comm: Communicator):
         super().__init__()
-        self.model = LlamaModel(config, max_positions, ops)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.comm = comm
+        self.vocab_size = config.vocab_size
+        self.model = LlamaModel(config, max_positions, ops, comm)
+        self.lm_head = ParallelLMHead(config.hidden_size, config.vocab_size, comm)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext):
         return self.model(input_ids, positions, ctx)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """fp32 logits on rank 0; None on the other tensor-parallel ranks."""
+        return gather_logits(self.lm_head, hidden, self.comm, self.vocab_size)

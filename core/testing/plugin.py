@@ -7,6 +7,9 @@ kit's fixtures live in its own conftest (`octavo.testing.conformance`).
 
 `--octavo-backend` takes a backend class that is not registered (`module:Class` or
 `file.py:Class`), e.g. one whose device is substituted by the CPU for testing.
+`--octavo-engine-arg NAME=VALUE` (repeatable) sets an engine argument or backend option for
+every engine the kit builds, under the checks' own (a compiled backend keeps its shapes few
+with e.g. `max_num_seqs=16`).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import importlib
 import importlib.util
 import platform
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from pathlib import Path
 
@@ -34,10 +37,12 @@ class KitTarget:
     backend_class: type
     families: list[str]
     logprob_atol: float
+    engine_args: dict = field(default_factory=dict)  # under every check's own
 
     def make_llm(self, model_dir: str, **engine_args):
         from octavo import LLM
 
+        engine_args = {**self.engine_args, **engine_args}
         if self.device is not None:
             return LLM(model_dir, device=self.device, **engine_args)
         return LLM(model_dir, backend=self.backend_class(), **engine_args)
@@ -52,6 +57,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="comma-separated model families (default: all the backend declares)")
     group.addoption("--octavo-logprob-atol", type=float, default=1e-4,
                     help="largest logprob difference to HF fp32 accepted (default: 1e-4)")
+    group.addoption("--octavo-engine-arg", action="append", default=[], metavar="NAME=VALUE",
+                    help="an engine argument or backend option for every engine (YAML value; repeatable)")
 
 
 def _load_class(spec: str) -> type:
@@ -86,9 +93,22 @@ def kit_target(config: pytest.Config) -> KitTarget | None:
                     if cls.architectures is None or arch in cls.architectures]
         chosen = config.getoption("--octavo-families")
         families = [f for f in chosen.split(",") if f in declared] if chosen else declared
-        target = KitTarget(device or spec, device, cls, families, config.getoption("--octavo-logprob-atol"))
+        target = KitTarget(device or spec, device, cls, families, config.getoption("--octavo-logprob-atol"),
+                           _engine_args(config.getoption("--octavo-engine-arg")))
     config._octavo_kit_target = target
     return target
+
+
+def _engine_args(items: list[str]) -> dict:
+    import yaml
+
+    args = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise pytest.UsageError(f"--octavo-engine-arg {item!r}: expected NAME=VALUE")
+        args[name] = yaml.safe_load(value)
+    return args
 
 
 # ----------------------------------------------------------------------------- the summary
@@ -125,6 +145,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     write(f"backend: {target.label} ({target.backend_class.__module__}.{target.backend_class.__qualname__}, "
           f"{_distribution(target.backend_class)})")
     write(f"families: {', '.join(target.families)}")
+    if target.engine_args:
+        write(f"engine arguments: {', '.join(f'{k}={v}' for k, v in target.engine_args.items())}")
     write(f"{'check':36s} {'passed':>7s} {'failed':>7s} {'skipped':>8s}")
     for check, c in sorted(counts.items()):
         write(f"{check:36s} {c['passed']:7d} {c['failed'] + c['error']:7d} {c['skipped']:8d}")

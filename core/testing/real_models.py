@@ -11,6 +11,8 @@ import hashlib
 import importlib.util
 import os
 
+from octavo.loader.gguf import cache_root
+
 QWEN_CODER_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 QWEN_CODER_SIZE = 491_400_064
 QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
@@ -29,7 +31,7 @@ def _part(i: int) -> str:
 def qwen_coder_gguf() -> str:
     """Path of the assembled GGUF; FileNotFoundError (with the install command) if absent."""
     parts = [_part(i) for i in range(1, 7)]
-    cache = os.environ.get("OCTAVO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "octavo")
+    cache = cache_root()
     path = os.path.join(cache, QWEN_CODER_FILE)
     if os.path.isfile(path) and os.path.getsize(path) == QWEN_CODER_SIZE:
         return path

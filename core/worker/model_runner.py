@@ -2,22 +2,27 @@
 
 `execute_model` applies the step to the worker's requests, builds the step's flat inputs
 and launches the forward pass (eagerly, or padded to a captured shape when the backend has
-`StepGraphs`); `sample_tokens` then computes the logits of the positions that sample and
-hands them to the `StepSampler`.
+`StepGraphs`); `sample_tokens` then hands the step's hidden states to the backend's
+`StepSampler` (prompt logprobs, then the rows that sample). `warm_up` captures every static
+shape, then runs what the sampler precompiles, under one progress bar.
+In a tensor-parallel engine every rank runs both phases (the logits are gathered) and only
+rank 0, which gets the logits, samples.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from octavo.backend import (AttentionBackend, BatchLayout, GrammarBitmask, ModelRunnerOutput, SchedulerOutput,
                             StepGraphs, StepShape)
 from octavo.models.layers import ForwardContext
-from octavo.sample.ops import SamplerOps
-from octavo.sample.step_sampler import StepSampler, prompt_logprobs
+from octavo.sample.step_sampler import PromptChunk, StepSampler
 from octavo.worker.states import RequestState, RequestStates
 
 
@@ -26,7 +31,7 @@ class StepInputs:
     input_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
     layout: BatchLayout
-    logits_indices: torch.Tensor  # [S] last token of each sampling request
+    logits_indices: torch.Tensor  # [S] last token of each sampling request (padded: shape.num_reqs)
     sample_rows: list[int]  # which scheduled requests sample
 
 
@@ -66,7 +71,9 @@ def prepare_inputs(batch: SchedulerOutput, reqs: list[RequestState]) -> StepInpu
 def pad_inputs(inputs: StepInputs, shape: StepShape, pad_slot: int, block_table_width: int | None) -> StepInputs:
     """The step padded to `shape`: padding requests have no tokens and no context, padding
     tokens (id 0, position 0) belong to no request and write to `pad_slot`; block tables are
-    widened to `block_table_width` columns. The real requests' rows are unchanged."""
+    widened to `block_table_width` columns; `logits_indices` has `shape.num_reqs` entries
+    (padding ones point at token 0), so gathering the rows that sample is static too. The
+    real requests' rows are unchanged."""
     layout = inputs.layout
     extra_tokens, extra_reqs = shape.num_tokens - layout.num_tokens, shape.num_reqs - layout.num_reqs
     if extra_tokens < 0 or extra_reqs < 0:
@@ -82,8 +89,10 @@ def pad_inputs(inputs: StepInputs, shape: StepShape, pad_slot: int, block_table_
         block_tables=tables,
         slot_mapping=torch.cat([layout.slot_mapping, torch.full((extra_tokens,), pad_slot, dtype=torch.int64)]))
     zeros = torch.zeros(extra_tokens, dtype=torch.int64)
+    indices = torch.zeros(shape.num_reqs, dtype=torch.int64)
+    indices[:len(inputs.logits_indices)] = inputs.logits_indices
     return replace(inputs, input_ids=torch.cat([inputs.input_ids, zeros]),
-                   positions=torch.cat([inputs.positions, zeros]), layout=padded)
+                   positions=torch.cat([inputs.positions, zeros]), layout=padded, logits_indices=indices)
 
 
 def dummy_inputs(shape: StepShape, block_size: int, pad_slot: int, block_table_width: int | None) -> StepInputs:
@@ -107,61 +116,84 @@ class _Step:
 
     batch: SchedulerOutput
     reqs: list[RequestState]
-    inputs: StepInputs
-    hidden: torch.Tensor
+    inputs: StepInputs  # padded when the step ran at a static shape
+    hidden: torch.Tensor  # [inputs' tokens, hidden]
 
 
 class ModelRunner:
     def __init__(self, model: nn.Module, attn: AttentionBackend, device: torch.device,
-                 sampler_ops: SamplerOps, graphs: StepGraphs | None = None):
+                 sampler: StepSampler, graphs: StepGraphs | None = None, inference_mode: bool = True):
+        """`inference_mode` False: steps run under torch.no_grad (`Backend.inference_mode`)."""
         self.model = model
         self.attn = attn
         self.device = device
         self.graphs = graphs
         self.states = RequestStates()
-        self.sampler = StepSampler(sampler_ops, device)
+        self.sampler = sampler
+        self._autograd_off = torch.inference_mode if inference_mode else torch.no_grad
+        self.warm_up_times: list[tuple[str, float]] = []  # (graph, seconds) of each warm-up task
         self._step: _Step | None = None
 
-    @torch.inference_mode()
     def execute_model(self, batch: SchedulerOutput) -> None:
         reqs = self.states.update(batch)
         self._step = None
         if batch.requests:
             inputs = prepare_inputs(batch, reqs)
-            self._step = _Step(batch, reqs, inputs, self.forward(inputs))
+            shape = self.graphs.shape_for(inputs.layout) if self.graphs is not None else None
+            if shape is not None:
+                inputs = pad_inputs(inputs, shape, self.graphs.pad_slot, self.graphs.block_table_width)
+            with self._autograd_off():
+                self._step = _Step(batch, reqs, inputs, self.forward(inputs, shape))
 
-    @torch.inference_mode()
     def sample_tokens(self, grammar: GrammarBitmask | None) -> ModelRunnerOutput:
         step, self._step = self._step, None
         if step is None:
             return ModelRunnerOutput([])
         out = ModelRunnerOutput([-1] * len(step.reqs))
-        self._prompt_logprobs(step, out)
-        rows = step.inputs.sample_rows
-        if rows:
-            logits = self.model.compute_logits(step.hidden[step.inputs.logits_indices.to(self.device)])
-            self.sampler.sample([step.reqs[i] for i in rows], rows, logits, grammar, out)
+        compute_logits = self.model.compute_logits
+        with self._autograd_off():
+            chunks = prompt_chunks(step.batch, step.reqs, step.inputs.layout)
+            if chunks:
+                self.sampler.prompt_logprobs(chunks, step.hidden, compute_logits, out)
+            rows = step.inputs.sample_rows
+            if rows:
+                self.sampler.sample_hidden([step.reqs[i] for i in rows], rows, step.hidden, step.inputs.logits_indices,
+                                           compute_logits, grammar, out)
         return out
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, inputs: StepInputs) -> torch.Tensor:
-        """Hidden states of the step's tokens: replayed from a captured shape where the
-        backend has one for this step, else eagerly."""
-        shape = self.graphs.shape_for(inputs.layout) if self.graphs is not None else None
+    def forward(self, inputs: StepInputs, shape: StepShape | None = None) -> torch.Tensor:
+        """Hidden states of every token of `inputs`: replayed from the captured `shape` (the
+        inputs padded to it), else eagerly."""
         if shape is None:
             return self._forward(*self._to_device(inputs))
-        padded = pad_inputs(inputs, shape, self.graphs.pad_slot, self.graphs.block_table_width)
-        return self.graphs.run(shape, *self._to_device(padded))[:inputs.layout.num_tokens]
+        return self.graphs.run(shape, *self._to_device(inputs))
 
-    def capture_graphs(self, block_size: int) -> None:
-        """Capture or compile every shape the backend runs statically (warm-up)."""
-        if self.graphs is None:
+    def warm_up(self, block_size: int) -> None:
+        """Capture or compile every shape the backend runs statically, each then run once on
+        its dummy step (what the sampler's warm-up gets), then the sampler's warm-up tasks,
+        under one progress bar (compiling can take minutes)."""
+        shapes = self.graphs.shapes() if self.graphs is not None else []
+        steps: dict[StepShape, tuple[torch.Tensor, torch.Tensor]] = {}
+        tasks = [(f"forward, {s.num_tokens} tokens x {s.num_reqs} requests",
+                  partial(self._capture, s, block_size, steps)) for s in shapes]
+        tasks += self.sampler.warm_up(shapes, steps.__getitem__, self.model.compute_logits)
+        if not tasks:
             return
-        with torch.inference_mode():
-            for shape in self.graphs.shapes():
-                inputs = dummy_inputs(shape, block_size, self.graphs.pad_slot, self.graphs.block_table_width)
-                self.graphs.capture(shape, self._forward, *self._to_device(inputs))
+        with self._autograd_off(), tqdm(total=len(tasks), desc="warm-up", unit="graph") as bar:
+            for label, task in tasks:
+                bar.set_postfix_str(label)
+                start = time.perf_counter()
+                task()
+                self.warm_up_times.append((label, time.perf_counter() - start))
+                bar.update()
+
+    def _capture(self, shape: StepShape, block_size: int,
+                 steps: dict[StepShape, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        inputs = dummy_inputs(shape, block_size, self.graphs.pad_slot, self.graphs.block_table_width)
+        self.graphs.capture(shape, self._forward, *self._to_device(inputs))
+        steps[shape] = self.forward(inputs, shape), inputs.logits_indices
 
     def _to_device(self, inputs: StepInputs):
         return (inputs.input_ids.to(self.device, non_blocking=True),
@@ -171,17 +203,15 @@ class ModelRunner:
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata) -> torch.Tensor:
         return self.model(input_ids, positions, ForwardContext(self.attn, metadata))
 
-    # ------------------------------------------------------------------ logprobs
 
-    def _prompt_logprobs(self, step: _Step, out: ModelRunnerOutput) -> None:
-        """Logprob of each prompt token given the ones before it, chunk by chunk."""
-        starts = step.inputs.layout.query_start_loc
-        for i, (scheduled, r) in enumerate(zip(step.batch.requests, step.reqs)):
-            k = r.sampling_params.prompt_logprobs
-            start = r.num_computed_tokens
-            count = min(start + scheduled.num_new_tokens, r.num_prompt_tokens - 1) - start
-            if k is None or count <= 0:
-                continue
-            first = int(starts[i])
-            logits = self.model.compute_logits(step.hidden[first:first + count])
-            out.prompt_logprobs[r.request_id] = prompt_logprobs(logits, r.token_ids[start + 1:start + 1 + count], k)
+def prompt_chunks(batch: SchedulerOutput, reqs: list[RequestState], layout: BatchLayout) -> list[PromptChunk]:
+    """The step's prompt positions whose next token's logprob a request asked for."""
+    chunks = []
+    for i, (scheduled, r) in enumerate(zip(batch.requests, reqs)):
+        k = r.sampling_params.prompt_logprobs
+        start = r.num_computed_tokens
+        count = min(start + scheduled.num_new_tokens, r.num_prompt_tokens - 1) - start
+        if k is not None and count > 0:
+            chunks.append(PromptChunk(r.request_id, int(layout.query_start_loc[i]),
+                                      r.token_ids[start + 1:start + 1 + count], k))
+    return chunks

@@ -4,7 +4,7 @@ import torch
 
 from octavo.backend import AttentionSpec, BatchLayout
 from octavo_cpu.attention import TorchPagedAttention
-from octavo_cpu.kernels import native
+from octavo_cpu.kernels import avx512
 
 
 def dense_reference(spec, q_rows, keys, values, positions):
@@ -49,9 +49,9 @@ def paged_batch(query_lens, seq_lens, spec, block_size, dtype, gen):
 
 
 def make_backend(use_native: bool) -> TorchPagedAttention:
-    if use_native and native() is None:
+    if use_native and avx512() is None:
         pytest.skip("no AVX-512 or no C++ toolchain here: the torch path is what runs")
-    return TorchPagedAttention(native() if use_native else None)
+    return TorchPagedAttention(avx512() if use_native else None)
 
 
 def write_context(backend, spec, cache, tables, keys, values):
@@ -97,9 +97,9 @@ def test_attention_matches_dense_reference(use_native, dtype, window, softcap, q
 
 def test_bf16_takes_the_amx_layout_where_the_cpu_has_amx():
     """On an AMX machine the bf16 cases above run the tile kernel, not the AVX-512 one."""
-    if native() is None or not native().amx_available():
+    if avx512() is None or not avx512().amx_available():
         pytest.skip("no AMX here: bf16 runs the AVX-512 kernel")
-    backend = TorchPagedAttention(native())
+    backend = TorchPagedAttention(avx512())
     cache = torch.zeros(backend.kv_cache_shape(4, 16, 3, 64), dtype=torch.bfloat16)
     assert backend.uses_amx(AttentionSpec(9, 3, 64, scale=0.125), cache)
     assert not backend.uses_amx(AttentionSpec(9, 3, 64, scale=0.125), cache.float())

@@ -3,16 +3,16 @@ import pytest
 import torch
 
 from octavo.models.ops import LayerOps
-from octavo_cpu.kernels import native
+from octavo_cpu.kernels import avx512
 
-pytestmark = pytest.mark.skipif(native() is None, reason="no AVX-512 or no C++ toolchain: the torch ops run")
+pytestmark = pytest.mark.skipif(avx512() is None, reason="no AVX-512 or no C++ toolchain: the torch ops run")
 
 
 @pytest.fixture
 def ops():
     from octavo_cpu.layer_ops import CpuLayerOps
 
-    return CpuLayerOps(native())
+    return CpuLayerOps(avx512())
 
 
 def _close(got, expected):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from octavo.backend import (Availability, Backend, BackendOptions, ConfigError, EngineConfig, ModelConfig,
-                            option)
+                            ParallelRank, option)
 
 if TYPE_CHECKING:
     from octavo.backend import LayerOps, StepGraphs
@@ -58,7 +58,9 @@ class GpuOptions(BackendOptions):
     def validate(self, config: EngineConfig) -> None:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.enforce_eager:
+        if self.enforce_eager or config.tensor_parallel_size > 1:
+            # Graphs around NCCL collectives have not run on a GPU machine yet: tensor-parallel
+            # ranks run eagerly until they have.
             self.cuda_graph_sizes = []
         elif self.cuda_graph_sizes is None:
             self.cuda_graph_sizes = [s for s in DEFAULT_CUDA_GRAPH_SIZES if s <= config.max_num_seqs]
@@ -70,7 +72,7 @@ class GpuOptions(BackendOptions):
 
 class CudaBackend(Backend):
     name = "cuda"
-    contract_version = "4.0"
+    contract_version = "4.1"
     priority = 100
     options_class = GpuOptions
     supported_dtypes = (torch.bfloat16, torch.float16, torch.float32)
@@ -78,6 +80,8 @@ class CudaBackend(Backend):
     default_block_size = 16
     supported_block_sizes = (16, 32)
     device_type = "cuda"  # the torch device the worker runs on
+    distributed_backend = "nccl"  # RCCL on ROCm builds of torch, under the same name
+    ray_resource = "GPU"
 
     @classmethod
     def availability(cls) -> Availability:
@@ -136,10 +140,14 @@ class CudaBackend(Backend):
         return CudaGraphs(self.options.cuda_graph_sizes, model_config.max_model_len, config.block_size, device,
                           self.runtime())
 
-    def create_worker(self, config: EngineConfig):
+    def create_worker(self, config: EngineConfig, rank: ParallelRank | None = None):
+        """One GPU per worker process: the local rank's among those this process sees (all of
+        the machine's under multiprocessing; under Ray, the one Ray assigned it)."""
         from octavo_cuda.worker import CudaWorker
 
         return CudaWorker(config, self, torch.device(self.device_type), self.attention_backend(), self.runtime())
+        index = rank.local_rank % torch.cuda.device_count() if rank is not None else 0
+        return CudaWorker(config, self, torch.device("cuda", index), self.attention_backend(), rank)
 
 
 __all__ = ["CudaBackend", "GpuOptions", "__version__"]

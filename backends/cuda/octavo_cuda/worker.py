@@ -8,18 +8,15 @@ largest batch the scheduler can send (`profile_batch`) and `--gpu-memory-utiliza
 CUDA graphs of decode steps come through the contract's static-shape hook
 (`CudaBackend.step_graphs`, `cuda_graphs.CudaGraphs`): TorchWorker captures them in warm-up.
 
-Tensor parallelism fits without rework: one CudaWorker per rank (its `device` is already a
-parameter), the engine sending each rank the same SchedulerOutput; weights shard at load
-(MergedLinear's packed qkv/gate_up by columns, o_proj/down_proj by rows), attention heads
-and so the KV cache split by rank (`kv_bytes_per_block` then counts this rank's heads), and
-a communicator hook on the backend all-reduces after the row-parallel layers. The scheduler,
-the block manager and the sampler (rank 0's logits) do not change.
+Tensor parallelism: one CudaWorker per rank, on its local rank's GPU, its shard of the model
+and its heads' KV cache (TorchWorker does both, with NCCL through `Backend.communicator`).
+Not yet run on a GPU machine: ranks run eagerly (no CUDA graphs) until it has.
 """
 from __future__ import annotations
 
 import torch
 
-from octavo.backend import (AttentionBackend, Backend, EngineConfig, NewRequestData, SamplingParams,
+from octavo.backend import (AttentionBackend, Backend, EngineConfig, NewRequestData, ParallelRank, SamplingParams,
                             ScheduledRequest, SchedulerOutput, TorchWorker)
 from octavo_cuda.memory import MemorySample, kv_cache_bytes, num_blocks_for
 from octavo_cuda.runtime import CUDA_RUNTIME, GpuRuntime
@@ -64,8 +61,9 @@ def _sample(runtime: GpuRuntime, device: torch.device) -> MemorySample:
 
 class CudaWorker(TorchWorker):
     def __init__(self, config: EngineConfig, backend: Backend, device: torch.device,
-                 attention: AttentionBackend, runtime: GpuRuntime = CUDA_RUNTIME) -> None:
-        super().__init__(config, backend, device, attention)
+                 attention: AttentionBackend, runtime: GpuRuntime = CUDA_RUNTIME,
+                 rank: ParallelRank | None = None) -> None:
+        super().__init__(config, backend, device, attention, rank)
         self.runtime = runtime
         runtime.api.set_device(device)
         runtime.api.empty_cache()

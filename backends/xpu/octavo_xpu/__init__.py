@@ -33,6 +33,9 @@ class XpuBackend(CudaBackend):
     name = "xpu"
     priority = 100
     device_type = "xpu"
+    # Tensor parallelism is not offered on XPU yet: torch's XCCL process group has not met an
+    # Intel GPU here (octavo-cuda's NCCL does not apply).
+    distributed_backend = None
 
     @classmethod
     def availability(cls) -> Availability:

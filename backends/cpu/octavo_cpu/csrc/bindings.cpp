@@ -11,6 +11,12 @@ at::Tensor rms_norm(at::Tensor x, const at::Tensor& weight, double eps, c10::opt
                     bool gemma);
 at::Tensor silu_and_mul(const at::Tensor& gate_up);
 void rope_(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin);
+namespace octavo::quant {
+std::string quant_isa();
+void set_quant_isa(const std::string& want);
+void quant_linear_out(const at::Tensor& x, const at::Tensor& w, int64_t type, at::Tensor& out);
+at::Tensor quant_dequantize(const at::Tensor& w, int64_t type, int64_t K, at::ScalarType dtype);
+}  // namespace octavo::quant
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode", &paged_decode);
@@ -19,4 +25,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm);
   m.def("silu_and_mul", &silu_and_mul);
   m.def("rope_", &rope_);
+  m.def("quant_isa", &octavo::quant::quant_isa);
+  m.def("set_quant_isa", &octavo::quant::set_quant_isa);
+  m.def("quant_linear_out", &octavo::quant::quant_linear_out);
+  m.def("quant_dequantize", &octavo::quant::quant_dequantize);
 }

@@ -9,6 +9,8 @@
 
 #include <cmath>
 
+// AVX-512 code (the backend checks the CPU before calling); generic headers first.
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
 #include "vec.h"
 
 namespace {

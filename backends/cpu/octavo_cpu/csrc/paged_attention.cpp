@@ -25,6 +25,11 @@
 #include <utility>
 #include <vector>
 
+#include <cpuid.h>
+
+// The AVX-512 kernels (run where the CPU has AVX-512: the backend checks before calling).
+// Generic headers come first, so their inline functions are not compiled for this target.
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
 #include "vec.h"
 
 namespace {
@@ -117,16 +122,16 @@ inline void by_chunks(int64_t group, F&& f) {
   }
 }
 
-// Per-thread buffers: the AVX-512 path uses q (fp32, scaled) and s, the AMX path q_pairs,
-// scores, probs and v_part; both keep softmax rows in p and the output sums in acc.
+// Per-thread buffers: the AVX-512 path uses q (fp32, scaled), the AMX path q_pairs, scores,
+// probs and v_part; both keep softmax rows in p and the output sums in acc. (No vector
+// types in std containers: their code may be compiled without AVX-512.)
 struct Scratch {
   std::vector<float> q, acc, p, scores;
-  std::vector<__m512> s;
   std::vector<uint16_t> q_pairs;  // bf16 pairs (q[2j], q[2j + 1]) per head, the B operand
   std::vector<uint32_t> probs;    // bf16 pairs (p[2j], p[2j + 1]) per head
   std::vector<c10::BFloat16> v_part;  // a partial chunk's V rows [dim, 16], zero elsewhere
   Scratch(int64_t group, int64_t dim, bool amx)
-      : q(amx ? 0 : group * dim), acc(group * dim), scores(amx ? group * kLanes : 0), s(amx ? 0 : group),
+      : q(amx ? 0 : group * dim), acc(group * dim), scores(amx ? group * kLanes : 0),
         q_pairs(amx ? group * dim : 0), probs(amx ? group * kLanes / 2 : 0), v_part(amx ? dim * kLanes : 0) {}
 };
 
@@ -189,10 +194,13 @@ void attend(const Shape& sh, const T* q, const T* k_cache, const T* v_cache, con
   for (int64_t i = 0; i < G * D; ++i) w.q[i] = static_cast<float>(q[i]) * scale;
   for_chunks(first, len, bs, [&](int64_t b, int64_t c, int lo, int hi) {
     const T* kb = k_cache + table[b] * sh.kv_heads * D * bs + c;
-    by_chunks(G, [&]<int N>(int64_t g) { scores<N>(w.q.data() + g * D, D, kb, bs, lanes(hi), w.s.data() + g); });
-    for (int64_t g = 0; g < G; ++g)
-      _mm512_mask_storeu_ps(w.p.data() + g * row + b * bs + c - base, lanes(hi),
-                            cap > 0 ? softcap(w.s[g], cap) : w.s[g]);
+    by_chunks(G, [&]<int N>(int64_t g) {
+      __m512 sc[N];
+      scores<N>(w.q.data() + g * D, D, kb, bs, lanes(hi), sc);
+      for (int i = 0; i < N; ++i)
+        _mm512_mask_storeu_ps(w.p.data() + (g + i) * row + b * bs + c - base, lanes(hi),
+                              cap > 0 ? softcap(sc[i], cap) : sc[i]);
+    });
   });
   softmax_rows(w.p, rows, G, first, len);
   std::fill(w.acc.begin(), w.acc.end(), 0.f);
@@ -206,7 +214,8 @@ void attend(const Shape& sh, const T* q, const T* k_cache, const T* v_cache, con
   for (int64_t i = 0; i < G * D; ++i) out[i] = static_cast<T>(w.acc[i]);
 }
 
-#ifdef __AMX_BF16__
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-bf16")
 // Tiles, configured once per thread: SCORES/OUT are C (16 rows x G fp32), KEYS/VALUES A
 // (cache rows: 16 tokens x 32 dims, 16 dims x 16 tokens), QUERY/PROBS B (q and p as bf16
 // pairs along the reduced dim: 16 dim pairs, 8 token pairs, x G).
@@ -235,10 +244,13 @@ void configure_tiles(int64_t group) {
   _tile_loadconfig(&c);
 }
 
-bool amx_permitted() {  // Linux hands out the tile state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA)
+// Linux hands out the tile state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA).
+bool amx_permitted() {
   static const bool ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
   return ok;
 }
+
+void release_tiles() { _tile_release(); }
 
 // As `attend`, for the AMX layout; block_size a multiple of 16, head_dim of 32, G <= 16.
 void attend_amx(const Shape& sh, const c10::BFloat16* q, const c10::BFloat16* k_cache, const c10::BFloat16* v_cache,
@@ -297,7 +309,13 @@ void attend_amx(const Shape& sh, const c10::BFloat16* q, const c10::BFloat16* k_
   for (int64_t g = 0; g < G; ++g)
     for (int64_t d = 0; d < D; ++d) out[g * D + d] = static_cast<c10::BFloat16>(w.acc[d * G + g]);
 }
-#endif
+#pragma GCC pop_options
+
+// CPUID leaf 7: AMX-BF16 (EDX bit 22) and AMX-TILE (bit 24).
+bool cpu_has_amx() {
+  unsigned a, b, c, d;
+  return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22 & 1) && (d >> 24 & 1);
+}
 
 template <typename T>
 void decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& block_table,
@@ -313,16 +331,13 @@ void decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
   const int32_t* lens = seq_lens.data_ptr<int32_t>();
   at::parallel_for(0, num_seqs * sh.kv_heads, 1, [&](int64_t begin, int64_t end) {
     Scratch scratch(sh.group, sh.dim, amx);
-#ifdef __AMX_BF16__
     if (amx) configure_tiles(sh.group);
-#endif
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / sh.kv_heads, h = task % sh.kv_heads;
       const int64_t len = lens[s], first = window > 0 ? std::max<int64_t>(0, len - window) : 0;
       const int64_t row = h * sh.group * sh.dim;
       const T* qs = qp + s * q.stride(0) + row;
       T* os = op + s * sh.heads * sh.dim + row;
-#ifdef __AMX_BF16__
       if constexpr (std::is_same_v<T, c10::BFloat16>) {
         if (amx) {
           attend_amx(sh, qs, kp + h * kv_stride, vp + h * kv_stride, tables + s * sh.max_blocks, len, first,
@@ -330,25 +345,19 @@ void decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
           continue;
         }
       }
-#endif
       attend<T>(sh, qs, kp + h * kv_stride, vp + h * kv_stride, tables + s * sh.max_blocks, len, first,
                 static_cast<float>(scale), static_cast<float>(cap), os, scratch);
     }
-#ifdef __AMX_BF16__
-    if (amx) _tile_release();
-#endif
+    if (amx) release_tiles();
   });
 }
 
 }  // namespace
 
-// Whether this build and this process may use AMX tiles (the AMX layout and attention).
+// Whether this CPU and this process may use AMX tiles (the AMX layout and attention).
 bool amx_available() {
-#ifdef __AMX_BF16__
-  return amx_permitted();
-#else
-  return false;
-#endif
+  static const bool ok = cpu_has_amx() && amx_permitted();
+  return ok;
 }
 
 // q [S, H, D] with contiguous head rows; k_cache [N, Hkv, D, block_size] and v_cache
