@@ -1,4 +1,4 @@
-"""The backend contract, version 4.1: the whole of the core that a device package sees.
+"""The backend contract, version 4.2: the whole of the core that a device package sees.
 
 A backend package registers one `Backend` subclass under the entry-point group
 `octavo.backends` and imports nothing from `octavo` but this module (a test enforces it):
@@ -19,6 +19,11 @@ keeps its own copy of the running requests (`RequestStates`). A step runs in two
 on the host meanwhile, and `Worker.sample_tokens` samples with them (`GrammarBitmask`) and
 returns a `ModelRunnerOutput`.
 
+Under the pooling runner (`EngineConfig.runner == "pooling"`, embeddings) nothing is sampled:
+a request whose step `samples` has ended its prompt, and `sample_tokens` returns its pooled
+hidden state (`EngineConfig.pooler_config`) in `ModelRunnerOutput.pooler_output` instead. A
+worker says it can (`Worker.supports_pooling`); `TorchWorker` does.
+
 Backends whose model runs as the core's torch modules use `TorchWorker` with their
 `AttentionBackend`, may fuse the models' small ops (`Backend.layer_ops`) and may run
 forward passes at static shapes (`Backend.step_graphs`: captured graphs, shapes compiled
@@ -36,7 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from octavo.config import ConfigError, EngineConfig, ModelConfig, parse_dtype
+from octavo.config import ConfigError, EngineConfig, ModelConfig, PoolerConfig, parse_dtype
 from octavo.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -47,7 +52,9 @@ if TYPE_CHECKING:
 # of their own (model_config_for, head_dim_of, sliding_window_of, rope_inv_freq,
 # prompt_logprobs, num_blocks_for_memory) and the Backend flags chunked_prefill and
 # prompt_logprobs.
-CONTRACT_VERSION = "4.1"
+# 4.2 adds, all with defaults: the pooling runner (EngineConfig.runner, PoolerConfig,
+# ModelRunnerOutput.pooler_output, Worker.supports_pooling, the export pool).
+CONTRACT_VERSION = "4.2"
 ENTRY_POINT_GROUP = "octavo.backends"
 
 
@@ -130,7 +137,7 @@ class ScheduledRequest:
     num_new_tokens: int
     new_token_ids: list[int]  # appended to the request since the last step that scheduled it
     new_block_ids: list[int]  # likewise its KV blocks (for a new request: all of them)
-    samples: bool  # the step reaches the last known token, so one is sampled
+    samples: bool  # the step reaches the last known token, so one is sampled (pooling runner: pooled)
 
 
 @dataclass(slots=True)
@@ -170,6 +177,9 @@ class ModelRunnerOutput:
     sampled_token_ids: list[int]  # one per scheduled request, -1 where none was sampled
     logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)
     prompt_logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)
+    # Pooling runner: request id -> its pooled hidden state ([hidden], float32, CPU), for each
+    # request that `samples` this step (since 4.2)
+    pooler_output: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -289,6 +299,8 @@ class StepGraphs(ABC):
 
 class Worker(ABC):
     """Owns the model and KV cache on one device and runs scheduled steps."""
+
+    supports_pooling: ClassVar[bool] = False  # runs the pooling runner (see the module doc; since 4.2)
 
     @abstractmethod
     def load_model(self) -> ModelConfig:
@@ -410,6 +422,7 @@ _LAZY = {
     "Rope": "octavo.models.ops",
     "SamplerOps": "octavo.sample.ops",
     "StepSampler": "octavo.sample.step_sampler",
+    "pool": "octavo.worker.pooler",
     "RequestState": "octavo.worker.states",
     "RequestStates": "octavo.worker.states",
     "StepInputs": "octavo.worker.model_runner",
@@ -446,7 +459,7 @@ __all__ = [
     "CONTRACT_VERSION", "ENTRY_POINT_GROUP", "version_mismatch", "Availability", "Backend", "Worker",
     "BackendOptions", "option",
     # configuration
-    "EngineConfig", "ModelConfig", "ConfigError", "parse_dtype", "SamplingParams",
+    "EngineConfig", "ModelConfig", "PoolerConfig", "ConfigError", "parse_dtype", "SamplingParams",
     # the step
     "NewRequestData", "ScheduledRequest", "SchedulerOutput", "GrammarBitmask", "TokenLogprobs",
     "ModelRunnerOutput",

@@ -3,7 +3,7 @@
 `execute_model` applies the step to the worker's requests, builds the step's flat inputs
 and launches the forward pass (eagerly, or padded to a captured shape when the backend has
 `StepGraphs`); `sample_tokens` then computes the logits of the positions that sample and
-hands them to the `StepSampler`.
+hands them to the `StepSampler`, or, under the pooling runner, pools their hidden states.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from octavo.backend import (AttentionBackend, BatchLayout, GrammarBitmask, Model
 from octavo.models.layers import ForwardContext
 from octavo.sample.ops import SamplerOps
 from octavo.sample.step_sampler import StepSampler, prompt_logprobs
+from octavo.worker.pooler import pool
 from octavo.worker.states import RequestState, RequestStates
 
 
@@ -113,11 +114,13 @@ class _Step:
 
 class ModelRunner:
     def __init__(self, model: nn.Module, attn: AttentionBackend, device: torch.device,
-                 sampler_ops: SamplerOps, graphs: StepGraphs | None = None):
+                 sampler_ops: SamplerOps, graphs: StepGraphs | None = None, pooling_type: str | None = None):
+        """`pooling_type`: the pooling runner's (LAST or MEAN); None samples tokens."""
         self.model = model
         self.attn = attn
         self.device = device
         self.graphs = graphs
+        self.pooling_type = pooling_type
         self.states = RequestStates()
         self.sampler = StepSampler(sampler_ops, device)
         self._step: _Step | None = None
@@ -138,7 +141,11 @@ class ModelRunner:
         out = ModelRunnerOutput([-1] * len(step.reqs))
         self._prompt_logprobs(step, out)
         rows = step.inputs.sample_rows
-        if rows:
+        if rows and self.pooling_type is not None:
+            pooled = pool(step.hidden, step.inputs.layout.query_start_loc, rows, self.pooling_type).cpu()
+            # One tensor each (not views of the batch's): each pickles alone.
+            out.pooler_output = {step.reqs[i].request_id: row.clone() for i, row in zip(rows, pooled)}
+        elif rows:
             logits = self.model.compute_logits(step.hidden[step.inputs.logits_indices.to(self.device)])
             self.sampler.sample([step.reqs[i] for i in rows], rows, logits, grammar, out)
         return out

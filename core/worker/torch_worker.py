@@ -14,6 +14,8 @@ class TorchWorker(Worker):
     """Subclasses decide how many KV blocks fit (`num_kv_blocks`); the backend's hooks supply
     the attention, the fused layer ops, the sampler ops and static-shape graphs."""
 
+    supports_pooling = True
+
     def __init__(self, config: EngineConfig, backend: Backend, device: torch.device,
                  attention: AttentionBackend):
         self.config = config
@@ -41,7 +43,8 @@ class TorchWorker(Worker):
                                                       module.spec.head_dim)
                 module.kv_cache = torch.zeros(shape, dtype=self.kv_cache_dtype(), device=self.device)
         graphs = self.backend.step_graphs(self.config, self.model_config, self.device)
-        self.runner = ModelRunner(self.model, self.attention, self.device, self.backend.sampler_ops(), graphs)
+        pooling = self.config.pooler_config.pooling_type if self.config.runner == "pooling" else None
+        self.runner = ModelRunner(self.model, self.attention, self.device, self.backend.sampler_ops(), graphs, pooling)
 
     def warm_up(self) -> None:
         self.runner.capture_graphs(self.config.block_size)
