@@ -1,8 +1,10 @@
 """Octavo: a device-neutral LLM inference engine."""
+from octavo.pooling_params import PoolingParams
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "SamplingParams", "RequestOutputKind", "StructuredOutputParams", "__version__"]
+__all__ = ["LLM", "SamplingParams", "PoolingParams", "PoolerConfig", "RequestOutputKind", "StructuredOutputParams",
+           "__version__"]
 
 
 def __getattr__(name: str):
@@ -11,6 +13,10 @@ def __getattr__(name: str):
         from octavo.entrypoints.llm import LLM
 
         return LLM
+    if name == "PoolerConfig":
+        from octavo.config import PoolerConfig
+
+        return PoolerConfig
     if name == "StructuredOutputParams":
         from octavo.structured_output import StructuredOutputParams
 

@@ -19,6 +19,11 @@ keeps its own copy of the running requests (`RequestStates`). A step runs in two
 on the host meanwhile, and `Worker.sample_tokens` samples with them (`GrammarBitmask`) and
 returns a `ModelRunnerOutput`.
 
+Under the pooling runner (`EngineConfig.runner == "pooling"`, embeddings) nothing is sampled:
+a request whose step `samples` has ended its prompt, and `sample_tokens` returns its pooled
+hidden state (`EngineConfig.pooler_config`) in `ModelRunnerOutput.pooler_output` instead. A
+worker says it can (`Worker.supports_pooling`); `TorchWorker` does.
+
 Backends whose model runs as the core's torch modules use `TorchWorker` with their
 `AttentionBackend`, may fuse the models' small ops (`Backend.layer_ops`), may run
 forward passes at static shapes (`Backend.step_graphs`: captured graphs, shapes compiled
@@ -42,7 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from octavo.config import ConfigError, EngineConfig, ModelConfig, parse_dtype
+from octavo.config import ConfigError, EngineConfig, ModelConfig, PoolerConfig, parse_dtype
 from octavo.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -70,7 +75,9 @@ CONTRACT_VERSION = "4.1"
 #     argument of Backend.create_worker and TorchWorker;
 #   - for backends that multiply GGUF weights in their blocks: QuantizedTensor,
 #     Backend.quantized_types, the quantized_types argument of iter_model_weights (a
-#     tensor-parallel rank always dequantizes); TorchWorker.new_kv_cache.
+#     tensor-parallel rank always dequantizes); TorchWorker.new_kv_cache;
+#   - the pooling runner (embeddings): EngineConfig.runner, PoolerConfig,
+#     ModelRunnerOutput.pooler_output, Worker.supports_pooling, the export pool.
 ENTRY_POINT_GROUP = "octavo.backends"
 
 
@@ -155,7 +162,7 @@ class ScheduledRequest:
     num_new_tokens: int
     new_token_ids: list[int]  # appended to the request since the last step that scheduled it
     new_block_ids: list[int]  # likewise its KV blocks (for a new request: all of them)
-    samples: bool  # the step reaches the last known token, so one is sampled
+    samples: bool  # the step reaches the last known token, so one is sampled (pooling runner: pooled)
 
 
 @dataclass(slots=True)
@@ -195,6 +202,9 @@ class ModelRunnerOutput:
     sampled_token_ids: list[int]  # one per scheduled request, -1 where none was sampled
     logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)
     prompt_logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)
+    # Pooling runner: request id -> its pooled hidden state ([hidden], float32, CPU), for each
+    # request that `samples` this step (since 4.1)
+    pooler_output: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -395,6 +405,8 @@ class QuantizedTensor:
 class Worker(ABC):
     """Owns the model and KV cache on one device and runs scheduled steps."""
 
+    supports_pooling: ClassVar[bool] = False  # runs the pooling runner (see the module doc; since 4.1)
+
     @abstractmethod
     def load_model(self) -> ModelConfig:
         """Load weights; return the model's shapes (the core sizes the KV cache from them)."""
@@ -552,6 +564,7 @@ _LAZY = {
     "WarmUpTask": "octavo.sample.step_sampler",
     "grammar_masks": "octavo.sample.step_sampler",
     "record_logprobs": "octavo.sample.step_sampler",
+    "pool": "octavo.worker.pooler",
     "RequestState": "octavo.worker.states",
     "RequestStates": "octavo.worker.states",
     "StepInputs": "octavo.worker.model_runner",
@@ -589,7 +602,7 @@ __all__ = [
     "CONTRACT_VERSION", "ENTRY_POINT_GROUP", "version_mismatch", "Availability", "Backend", "Worker",
     "BackendOptions", "option",
     # configuration
-    "EngineConfig", "ModelConfig", "ConfigError", "parse_dtype", "SamplingParams",
+    "EngineConfig", "ModelConfig", "PoolerConfig", "ConfigError", "parse_dtype", "SamplingParams",
     # the step
     "NewRequestData", "ScheduledRequest", "SchedulerOutput", "GrammarBitmask", "TokenLogprobs",
     "ModelRunnerOutput",

@@ -32,6 +32,24 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
         raise ConfigError(f"unknown dtype {name!r}; choose one of {sorted(set(DTYPES))} or 'auto'") from None
 
 
+RUNNERS = ("generate", "pooling")
+POOLING_TYPES = ("LAST", "MEAN")
+
+
+@dataclass(slots=True)
+class PoolerConfig:
+    """How the pooling runner turns a prompt's hidden states into one embedding (vLLM's names)."""
+
+    pooling_type: str = "LAST"  # LAST: the last token's final hidden state; MEAN: their average over the prompt
+    normalize: bool = True  # L2-normalise (a request's PoolingParams.normalize wins)
+    is_matryoshka: bool = False  # a request may ask for fewer `dimensions` (truncated, then renormalised)
+    matryoshka_dimensions: list[int] | None = None  # the only `dimensions` it may ask for, when given
+
+    def __post_init__(self) -> None:
+        if self.pooling_type not in POOLING_TYPES:
+            raise ConfigError(f"pooling_type must be one of {', '.join(POOLING_TYPES)}, got {self.pooling_type!r}")
+
+
 @dataclass(slots=True)
 class EngineConfig:
     """Every knob of the engine. `None` means: let the model or the backend decide."""
@@ -42,6 +60,8 @@ class EngineConfig:
     dtype: str | torch.dtype = "auto"
     max_model_len: int | None = None
     seed: int = 0
+    runner: str = "generate"  # or "pooling": embeddings (LLM.embed, /v1/embeddings) instead of text
+    pooler_config: PoolerConfig | None = None  # pooling runner: from the model's files unless given
     # Scheduling.
     max_num_seqs: int = 128
     max_num_batched_tokens: int | None = None

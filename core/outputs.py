@@ -1,7 +1,12 @@
-"""What the engine returns, shaped as vLLM's RequestOutput / CompletionOutput."""
+"""What the engine returns, shaped as vLLM's RequestOutput / CompletionOutput and, for the
+pooling runner, PoolingRequestOutput / EmbeddingRequestOutput."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(slots=True)
@@ -40,3 +45,40 @@ class RequestOutput:
     num_cached_tokens: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # set when the engine failed on this request (finish_reason "error")
+
+
+@dataclass(slots=True)
+class PoolingOutput:
+    data: torch.Tensor  # the embedding: float32 on the CPU, normalised and truncated as the request asked
+
+
+@dataclass(slots=True)
+class PoolingRequestOutput:
+    request_id: str
+    outputs: PoolingOutput | None  # None only when the request ended without one (aborted, failed)
+    prompt_token_ids: list[int]
+    finished: bool = True
+    error: str | None = None  # set when the engine failed on this request
+
+
+@dataclass(slots=True)
+class EmbeddingOutput:
+    embedding: list[float]
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.embedding)
+
+
+@dataclass(slots=True)
+class EmbeddingRequestOutput:
+    """What `LLM.embed` returns: `out.outputs.embedding` is a list of floats, as vLLM's."""
+
+    request_id: str
+    outputs: EmbeddingOutput
+    prompt_token_ids: list[int]
+    finished: bool = True
+
+    @classmethod
+    def from_base(cls, out: PoolingRequestOutput) -> EmbeddingRequestOutput:
+        return cls(out.request_id, EmbeddingOutput(out.outputs.data.tolist()), out.prompt_token_ids, out.finished)

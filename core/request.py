@@ -5,6 +5,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
+from octavo.pooling_params import PoolingParams
 from octavo.sampling_params import SamplingParams
 from octavo.structured_output import GrammarState
 
@@ -32,7 +33,7 @@ class RequestStatus(enum.IntEnum):
 class Request:
     request_id: str
     prompt_token_ids: list[int]
-    sampling_params: SamplingParams
+    sampling_params: SamplingParams  # a pooling request's are defaults, never used: it samples nothing
     max_tokens: int  # resolved against the context length
     eos_token_id: int | None = None
     arrival_time: float = field(default_factory=time.monotonic)
@@ -46,6 +47,7 @@ class Request:
     grammar: GrammarState | None = None  # guided decoding: scheduled once compiled
     num_sent_tokens: int = 0  # tokens the worker has (0: it has not seen the request)
     num_sent_blocks: int = 0  # likewise, KV blocks
+    pooling_params: PoolingParams | None = None  # a pooling request: it ends with its prompt
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

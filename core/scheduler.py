@@ -10,6 +10,9 @@ The step goes to the worker as changes: a request the worker has not seen (new, 
 after a preemption) is sent whole once, then each step only its new tokens and blocks.
 Finished ids reach the worker with the next step that runs anything.
 
+A pooling request (the pooling runner's) is a prompt alone: it finishes in the step that ends
+its prompt, with the worker's pooled hidden state instead of a sampled token.
+
 Guided decoding (as vLLM's WAITING_FOR_FSM): a waiting request whose grammar is still
 compiling is passed over, keeping its place; each step `grammar_bitmask` fills the masks of
 the guided requests that sample (while the worker runs the forward pass), and `update`
@@ -215,6 +218,8 @@ class Scheduler:
             self.prompt_tokens += max(0, min(done, request.num_prompt_tokens) - request.num_computed_tokens)
             request.num_computed_tokens = done
             if token_id < 0:
+                if request.pooling_params is not None and done == request.num_tokens:
+                    self._finish_pooled(request, result)
                 continue
             request.append_token(token_id)
             self.generation_tokens += 1
@@ -230,6 +235,14 @@ class Scheduler:
         if guided:
             self.structured_output.accept(guided, guided_tokens)
         return sampled
+
+    def _finish_pooled(self, request: Request, result: ModelRunnerOutput) -> None:
+        if request.request_id not in result.pooler_output:
+            raise RuntimeError(f"the worker ran request {request.request_id}'s whole prompt under the pooling "
+                               "runner but returned no pooled output for it")
+        request.status = RequestStatus.FINISHED_STOPPED
+        self.running.remove(request)
+        self._free(request)
 
     def _fail(self, request: Request) -> None:
         request.status = RequestStatus.FINISHED_ABORTED

@@ -18,6 +18,7 @@ from octavo.server.middleware import APIKeyMiddleware, RequestBodyMiddleware
 from octavo.server.serving_chat import create_chat_completion, render_prompt
 from octavo.server.serving_common import encode, request_id_for
 from octavo.server.serving_completion import create_completion
+from octavo.server.serving_embedding import create_embedding
 from octavo.server.serving_responses import create_response
 from octavo.server.state import ServerSettings, ServerState
 from octavo.server.tracking import ClientDisconnected
@@ -111,6 +112,11 @@ def build_app(engine, settings: ServerSettings) -> FastAPI:
     @app.post("/v1/responses", responses=_ERRORS)
     async def responses(request: P.ResponsesRequest, raw: Request):
         return await _guarded(create_response(state, request, raw))
+
+    @app.post("/v1/embeddings", response_model=P.EmbeddingResponse, responses=_ERRORS)
+    async def embeddings(request: P.EmbeddingRequest, raw: Request):
+        request_id = request_id_for(raw, "embd")
+        return await _guarded(create_embedding(state, request, raw, request_id), request_id)
 
     # ------------------------------------------------------------------ models, tokenizer
 

@@ -296,6 +296,42 @@ class ResponsesRequest(OpenAIBaseModel):
     chat_template_kwargs: dict[str, Any] | None = None
 
 
+# ---------------------------------------------------------------------------- embeddings
+
+
+class EmbeddingRequest(RequestBody):
+    """POST /v1/embeddings (a server started with --runner pooling)."""
+
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    # vLLM's extras.
+    truncate_prompt_tokens: int | None = None
+    add_special_tokens: bool | None = True
+
+
+class EmbeddingData(BaseModel):
+    index: int
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str  # base64: the little-endian float32 bytes, as OpenAI's
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[EmbeddingData]
+    usage: EmbeddingUsage
+
+
 # ---------------------------------------------------------------------------- models, tokenizer
 
 

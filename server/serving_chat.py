@@ -75,6 +75,7 @@ async def start_chat(state: ServerState, req: ChatCompletionRequest, endpoint: s
                      request_id: str | None = None) -> ChatJobSpec:
     """Check, render and submit `req`; errors are 400s raised before any output."""
     model = state.check_model(req.model)
+    state.check_runner("generate")
     warn_unknown_fields(req, endpoint)
     _check(req)
     tools, tool_choice, legacy = legacy_functions(req.tools, req.tool_choice, req.functions, req.function_call)

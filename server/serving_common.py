@@ -1,4 +1,4 @@
-"""Small pieces both generation endpoints share: ids, SSE framing, usage, prompt checks."""
+"""Small pieces the endpoints share: ids, SSE framing, usage, prompt checks."""
 from __future__ import annotations
 
 import difflib
@@ -79,6 +79,19 @@ def warn_unknown_fields(req: OpenAIBaseModel, endpoint: str) -> None:
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         named.append(f"{name} (did you mean {close[0]}?)" if close else name)
     logger.warning("%s: ignoring unknown request fields %s", endpoint, ", ".join(named))
+
+
+def prompt_items(prompt: str | list, param: str, max_items: int) -> list[str | list[int]]:
+    """A prompt field (text, token ids, or a list of either) as a list of prompts."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise bad_request(f"{param} must not be empty", param)
+    if isinstance(prompt[0], int):
+        return [list(prompt)]
+    if len(prompt) > max_items:
+        raise bad_request(f"at most {max_items} prompts per request, got {len(prompt)}", param)
+    return list(prompt)
 
 
 def encode(tokenizer, text: str, add_special_tokens: bool, param: str = "prompt") -> list[int]:

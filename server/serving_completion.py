@@ -12,7 +12,7 @@ from octavo.server import sampling
 from octavo.server.errors import bad_request
 from octavo.server.logprobs import CompletionLogprobs, merge_completion, prompt_logprobs
 from octavo.server.protocol import CompletionChoice, CompletionRequest, CompletionResponse, UsageInfo
-from octavo.server.serving_common import (DONE, check_token_ids, encode, sse_chunk, sse_error,
+from octavo.server.serving_common import (DONE, check_token_ids, encode, prompt_items, sse_chunk, sse_error,
                                           streaming_response, usage, warn_unknown_fields)
 from octavo.server.state import ServerState
 from octavo.server.tracking import EngineStream, merge, start_all, unless_disconnected
@@ -24,19 +24,6 @@ ENDPOINT = "/v1/completions"
 class _Prompt:
     text: str  # for echo
     token_ids: list[int]
-
-
-def _prompt_items(req: CompletionRequest) -> list[str | list[int]]:
-    prompt = req.prompt
-    if isinstance(prompt, str):
-        return [prompt]
-    if not prompt:
-        raise bad_request("prompt must not be empty", "prompt")
-    if isinstance(prompt[0], int):
-        return [list(prompt)]
-    if len(prompt) > sampling.MAX_PROMPTS:
-        raise bad_request(f"at most {sampling.MAX_PROMPTS} prompts per request, got {len(prompt)}", "prompt")
-    return list(prompt)
 
 
 def _prompts(state: ServerState, req: CompletionRequest, items: list[str | list[int]]) -> list[_Prompt]:
@@ -59,6 +46,7 @@ def _prompts(state: ServerState, req: CompletionRequest, items: list[str | list[
 
 async def create_completion(state: ServerState, req: CompletionRequest, raw: Request, request_id: str):
     model = state.check_model(req.model)
+    state.check_runner("generate")
     warn_unknown_fields(req, ENDPOINT)
     if req.suffix is not None:
         raise bad_request("suffix is not supported by this server", "suffix")
@@ -71,7 +59,7 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw: Req
         raise bad_request("max_tokens must be at least 1 (0 is allowed only with echo)", "max_tokens")
     echo_only = bool(req.echo) and req.max_tokens == 0
     max_tokens = 1 if echo_only else req.max_tokens
-    prompts = await state.run_blocking(_prompts, state, req, _prompt_items(req))
+    prompts = await state.run_blocking(_prompts, state, req, prompt_items(req.prompt, "prompt", sampling.MAX_PROMPTS))
     for p in prompts:
         sampling.check_context(len(p.token_ids), max_tokens, state.max_model_len)
     prompt_lps = req.prompt_logprobs

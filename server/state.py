@@ -6,7 +6,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from octavo.server.errors import APIError
+from octavo.server.errors import APIError, bad_request
 from octavo.server.logprobs import TokenTexts
 from octavo.server.metrics import ServerMetrics
 
@@ -53,6 +53,7 @@ class ServerState:
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.model_config.max_model_len
         self.vocab_size = engine.model_config.vocab_size
+        self.runner = engine.runner  # "generate", or "pooling": embeddings only
         self.generation_defaults = engine.generation_defaults  # the model's, for unset sampling fields
         self.metrics = ServerMetrics(engine, settings.served_model_names[0], self.max_model_len)
         # Chat templates and tokenizers run here, off the event loop; one thread, so that this
@@ -94,6 +95,16 @@ class ServerState:
         if name in self.settings.served_model_names:
             return name
         raise APIError(f"The model `{name}` does not exist.", status=404, param="model", code="model_not_found")
+
+    def check_runner(self, runner: str) -> None:
+        """400 for a route the engine's runner does not serve (vLLM answers the same)."""
+        if runner == self.runner:
+            return
+        if runner == "pooling":
+            raise bad_request("The model does not support the Embeddings API: this server generates text "
+                              "(serve the model with --runner pooling for embeddings)", "model")
+        raise bad_request("The model does not support text generation: this server serves embeddings "
+                          "(--runner pooling); use /v1/embeddings", "model")
 
     def engine_alive(self) -> bool:
         return self.engine.is_alive()

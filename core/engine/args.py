@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from octavo.config import EngineConfig
+from octavo.config import RUNNERS, EngineConfig
 from octavo.devices import KNOWN_DEVICES, loadable_backends
 from octavo.engine.options import add_option_groups, options_from_args
 from octavo.engine.vllm_compat import add_vllm_compat_args, warn_vllm_compat
@@ -22,6 +22,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help=f"auto, {', '.join(KNOWN_DEVICES)} or another installed backend (default: auto, "
                         "the usable one with the highest priority)")
     g.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32 (default: auto, the device's)")
+    g.add_argument("--runner", choices=RUNNERS, default="generate",
+                   help="generate: text (completions, chat); pooling: embeddings (/v1/embeddings, LLM.embed), "
+                        "pooled as the model's sentence-transformers files say (default: generate)")
+    g.add_argument("--convert", choices=("auto", "none", "embed"), default="auto",
+                   help="vLLM's form: embed is --runner pooling (default: auto)")
     g.add_argument("--tokenizer", default=None, help="tokenizer directory or .gguf (default: the model's)")
     g.add_argument("--max-model-len", type=int, default=None,
                    help="context length (default: the model's max_position_embeddings)")
@@ -75,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         dtype=args.dtype,
         max_model_len=args.max_model_len,
         seed=args.seed,
+        runner="pooling" if args.convert == "embed" else args.runner,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         enable_chunked_prefill=args.enable_chunked_prefill,

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from octavo.backend import Backend
 from octavo.config import EngineConfig
@@ -30,6 +30,8 @@ from octavo.engine.isolation import EngineDeadError
 from octavo.engine.llm_engine import InputError, LLMEngine, Prompt
 from octavo.executor.base import WorkerError
 from octavo.outputs import RequestOutput
+from octavo.outputs import PoolingRequestOutput, RequestOutput
+from octavo.pooling_params import PoolingParams
 from octavo.sampling_params import SamplingParams
 
 logger = logging.getLogger("octavo")
@@ -84,17 +86,31 @@ class AsyncLLM:
     def replica_of(self, request_id: str) -> int:
         return 0
 
+    @property
+    def runner(self) -> str:
+        return self.engine.config.runner
+
     def is_alive(self) -> bool:
         return (not self._stopped and self.dead is None and self._looping.is_set()
                 and self.engine.worker_error() is None)
 
-    async def generate(self, prompt: Prompt, params: SamplingParams,
-                       request_id: str) -> AsyncIterator[RequestOutput]:
-        """Validation happens before the first await: a bad request raises before any output,
-        which lets the server fail an invalid streaming request before its stream starts."""
+    def generate(self, prompt: Prompt, params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
+        """Validation happens in the first `__anext__`, before its first await: a bad request
+        raises before any output, which lets the server fail an invalid streaming request
+        before its stream starts."""
+        return self._run(self.engine.make_request, prompt, params, request_id)
+
+    def encode(self, prompt: Prompt, pooling_params: PoolingParams,
+               request_id: str) -> AsyncIterator[PoolingRequestOutput]:
+        """A pooling runner's request (vLLM's name): one output, once its prompt is pooled;
+        validated as `generate`'s."""
+        return self._run(self.engine.make_pooling_request, prompt, pooling_params, request_id)
+
+    async def _run(self, make: Callable, prompt: Prompt, params: SamplingParams | PoolingParams,
+                   request_id: str) -> AsyncIterator[RequestOutput | PoolingRequestOutput]:
         if request_id in self._streams:
             raise InputError(f"request id {request_id!r} is already running", "request_id")
-        parent = self.engine.make_request(request_id, prompt, params)
+        parent = make(request_id, prompt, params)
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), stream)
         if self._stopped or self.dead is not None or self.engine.worker_error() is not None:

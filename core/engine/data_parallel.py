@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from octavo.config import ConfigError, EngineConfig
 from octavo.engine.async_engine import AsyncLLM, EngineDeadError
 from octavo.engine.llm_engine import LLMEngine, Prompt
-from octavo.outputs import RequestOutput
+from octavo.outputs import PoolingRequestOutput, RequestOutput
+from octavo.pooling_params import PoolingParams
 from octavo.sampling_params import SamplingParams
 
 logger = logging.getLogger("octavo")
@@ -81,9 +82,21 @@ class DataParallelLLM:
     def is_alive(self) -> bool:
         return not self._stopped.is_set() and all(r.is_alive() for r in self.replicas)
 
-    async def generate(self, prompt: Prompt, params: SamplingParams,
-                       request_id: str) -> AsyncIterator[RequestOutput]:
+    @property
+    def runner(self) -> str:
+        return self.replicas[0].runner
+
+    def generate(self, prompt: Prompt, params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
         """As AsyncLLM.generate, on the least loaded replica (chosen before the first await)."""
+        return self._routed(AsyncLLM.generate, prompt, params, request_id)
+
+    def encode(self, prompt: Prompt, pooling_params: PoolingParams,
+               request_id: str) -> AsyncIterator[PoolingRequestOutput]:
+        """As AsyncLLM.encode, routed as `generate`."""
+        return self._routed(AsyncLLM.encode, prompt, pooling_params, request_id)
+
+    async def _routed(self, method: Callable, prompt: Prompt, params: SamplingParams | PoolingParams,
+                      request_id: str) -> AsyncIterator[RequestOutput | PoolingRequestOutput]:
         if request_id in self._routes:
             from octavo.engine.llm_engine import InputError
 
@@ -94,7 +107,7 @@ class DataParallelLLM:
         self._routes[request_id] = i
         self._load[i] += 1
         try:
-            async for out in self.replicas[i].generate(prompt, params, request_id):
+            async for out in method(self.replicas[i], prompt, params, request_id):
                 yield out
         finally:
             self._load[i] -= 1

@@ -121,3 +121,4 @@ def _merge(into: ModelRunnerOutput, part: ModelRunnerOutput, rows: list[int]) ->
         into.sampled_token_ids[row] = token
     into.logprobs.update(part.logprobs)
     into.prompt_logprobs.update(part.prompt_logprobs)
+    into.pooler_output.update(part.pooler_output)

@@ -19,18 +19,19 @@ from typing import Any
 import torch
 
 from octavo.backend import Backend, ModelRunnerOutput, SchedulerOutput
-from octavo.config import ConfigError, EngineConfig, ModelConfig
+from octavo.config import RUNNERS, ConfigError, EngineConfig, ModelConfig
 from octavo.devices import loadable_backends, select_backend
 from octavo.engine.isolation import FaultIsolator, StepFaults
 from octavo.engine.options import parse_options
 from octavo.executor import check_parallel_config, create_executor
 from octavo.executor.base import Executor
 from octavo.generation_config import generation_defaults
-from octavo.engine.output_processor import OutputProcessor, ParentState, SequenceState
+from octavo.engine.output_processor import OutputProcessor, ParentState, PoolingState, SequenceState
 from octavo.detokenizer import IncrementalDetokenizer
 from octavo.kv_cache import KVCacheManager
-from octavo.loader import load_tokenizer, resolve_model_path
-from octavo.outputs import RequestOutput
+from octavo.loader import load_pooler_config, load_tokenizer, resolve_model_path
+from octavo.outputs import PoolingRequestOutput, RequestOutput
+from octavo.pooling_params import PoolingParams
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 from octavo.scheduler import Scheduler, SchedulerStats
@@ -39,6 +40,7 @@ from octavo.structured_output import BACKENDS, GrammarError, GrammarState, Struc
 logger = logging.getLogger("octavo")
 
 Prompt = str | list[int] | dict[str, Any]
+_NO_SAMPLING = SamplingParams()  # what a pooling request carries as sampling params: it never samples
 GRAMMAR_WAIT_S = 0.02  # an idle step's longest wait for a compiling grammar (new requests wait that long)
 
 
@@ -56,6 +58,8 @@ class LLMEngine:
         one emulated on the CPU for testing); `config.device_options` then replace its options.
         `replica`: which data-parallel replica this engine is (it picks the workers' devices)."""
         check_config(config)
+        if config.runner == "pooling":
+            settle_pooling(config)
         self.config = config
         torch.manual_seed(config.seed)  # unseeded requests draw from the global generators
         if backend is None:
@@ -66,6 +70,8 @@ class LLMEngine:
         self.backend.check_and_update_config(config)
         check_parallel_config(config, self.backend)
         self.worker = create_executor(config, self.backend, replica)
+        if config.runner == "pooling" and not self.worker.supports_pooling:
+            raise ConfigError(f"the {self.backend.name} backend cannot run the pooling runner (embeddings)")
         self.model_config: ModelConfig = self.worker.load_model()
         self.tokenizer = load_tokenizer(config.model, config.tokenizer)
         num_blocks = config.num_kv_blocks or self.worker.num_kv_blocks(config.block_size)
@@ -104,18 +110,28 @@ class LLMEngine:
             return prompt, self.tokenizer(prompt).input_ids
         return None, list(prompt)
 
-    def make_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> ParentState:
-        """Validate and tokenize (safe to call from any thread); `add` then enqueues it."""
+    def _checked_prompt(self, prompt: Prompt) -> tuple[str | None, list[int]]:
+        """Tokenized, with every id in the vocabulary and room left in the context: one token
+        to generate, none to pool."""
         text, token_ids = self.tokenize(prompt)
         if not token_ids:
             raise InputError("the prompt is empty", "prompt")
         vocab = self.model_config.vocab_size
         if min(token_ids) < 0 or max(token_ids) >= vocab:
             raise InputError(f"token ids must be in [0, {vocab})", "prompt")
-        if len(token_ids) >= self.max_model_len:
-            raise InputError(f"the prompt has {len(token_ids)} tokens; this model's maximum context "
-                             f"length is {self.max_model_len} tokens, and at least one must be "
-                             "left to generate", "prompt")
+        pooling = self.config.runner == "pooling"
+        if len(token_ids) > self.max_model_len - (0 if pooling else 1):
+            room = "" if pooling else ", and at least one must be left to generate"
+            raise InputError(f"the prompt has {len(token_ids)} tokens; this model's maximum context length is "
+                             f"{self.max_model_len} tokens{room}", "prompt")
+        return text, token_ids
+
+    def make_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> ParentState:
+        """Validate and tokenize (safe to call from any thread); `add` then enqueues it."""
+        if self.config.runner == "pooling":
+            raise InputError("this engine runs the pooling runner: it embeds prompts (LLM.embed), it does not "
+                             "generate text")
+        text, token_ids = self._checked_prompt(prompt)
         self._check_params(params)
         grammar = None
         if params.structured_outputs is not None:
@@ -128,6 +144,30 @@ class LLMEngine:
                               logprobs=[] if params.logprobs is not None else None)
                 for i in range(params.num_sequences)]
         return ParentState(request_id, text, token_ids, params, seqs, grammar=grammar)
+
+    def make_pooling_request(self, request_id: str, prompt: Prompt, params: PoolingParams) -> PoolingState:
+        """As `make_request`, for the pooling runner (embeddings)."""
+        if self.config.runner != "pooling":
+            raise InputError('embeddings need the pooling runner (--runner pooling, or LLM(runner="pooling"))')
+        text, token_ids = self._checked_prompt(prompt)
+        return PoolingState(request_id, text, token_ids, self._pooling_params(params))
+
+    def _pooling_params(self, params: PoolingParams) -> PoolingParams:
+        """`params` with the model's pooler config filled in; `dimensions` only where the model
+        was trained for them (Matryoshka)."""
+        config = self.config.pooler_config
+        dims = params.dimensions
+        if dims is not None:
+            hidden = self.model_config.hf_config.hidden_size
+            if not config.is_matryoshka:
+                raise InputError(f"this model does not support Matryoshka `dimensions`: its embeddings have "
+                                 f"{hidden} values", "dimensions")
+            if config.matryoshka_dimensions and dims not in config.matryoshka_dimensions:
+                raise InputError(f"dimensions must be one of {config.matryoshka_dimensions} for this model, "
+                                 f"got {dims}", "dimensions")
+            if not 1 <= dims <= hidden:
+                raise InputError(f"dimensions must be in [1, {hidden}], got {dims}", "dimensions")
+        return PoolingParams(dims, config.normalize if params.normalize is None else params.normalize)
 
     def _check_params(self, params: SamplingParams) -> None:
         """What SamplingParams cannot check alone (it does not know the model): every value
@@ -157,10 +197,14 @@ class LLMEngine:
             include_stop_str_in_output=params.include_stop_str_in_output, min_tokens=params.min_tokens,
             stream_holdback=params.output_kind == RequestOutputKind.DELTA)
 
-    def add(self, parent: ParentState) -> None:
+    def add(self, parent: ParentState | PoolingState) -> None:
         if self.outputs.has(parent.request_id):
             raise InputError(f"request id {parent.request_id!r} is already running", "request_id")
         self.outputs.add(parent)
+        if isinstance(parent, PoolingState):
+            self.scheduler.add_request(Request(parent.request_id, parent.prompt_token_ids, _NO_SAMPLING, 0,
+                                               self.eos_token_id, parent.arrival_time, pooling_params=parent.params))
+            return
         params = parent.params
         max_tokens = self.max_model_len - len(parent.prompt_token_ids)
         if params.max_tokens is not None:
@@ -179,10 +223,15 @@ class LLMEngine:
             self.scheduler.add_request(Request(seq.request_id, parent.prompt_token_ids, child, max_tokens,
                                                self.eos_token_id, parent.arrival_time, grammar=grammar))
 
-    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams | None = None) -> None:
-        self.add(self.make_request(request_id, prompt, params or SamplingParams()))
+    def add_request(self, request_id: str, prompt: Prompt,
+                    params: SamplingParams | PoolingParams | None = None) -> None:
+        """A PoolingParams makes it a pooling request, as vLLM's."""
+        if isinstance(params, PoolingParams):
+            self.add(self.make_pooling_request(request_id, prompt, params))
+        else:
+            self.add(self.make_request(request_id, prompt, params or SamplingParams()))
 
-    def abort_request(self, request_id: str) -> RequestOutput | None:
+    def abort_request(self, request_id: str) -> RequestOutput | PoolingRequestOutput | None:
         self.scheduler.finish_requests(self.outputs.child_ids(request_id), RequestStatus.FINISHED_ABORTED)
         return self.outputs.abort(request_id)
 
@@ -191,7 +240,7 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ step
 
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[RequestOutput | PoolingRequestOutput]:
         """Raises only EngineDeadError (or a bug outside any one request): the engine is done."""
         batch = self.scheduler.schedule()
         failed = self._fail_grammars()
@@ -223,7 +272,7 @@ class LLMEngine:
         return [out for row, exc in faults.failed.items()
                 if (out := self._fail_request(batch.requests[row].request_id, exc)) is not None]
 
-    def _fail_request(self, child_id: str, exc: Exception) -> RequestOutput | None:
+    def _fail_request(self, child_id: str, exc: Exception) -> RequestOutput | PoolingRequestOutput | None:
         """End the caller's request (every sequence of it) with finish reason "error"."""
         parent_id = self.outputs.parent_id(child_id)
         logger.error("request %s failed in the engine: %s: %s", parent_id or child_id, type(exc).__name__, exc,
@@ -284,6 +333,18 @@ def check_batch_budget(config: EngineConfig, max_model_len: int) -> None:
                           "chunked prefill.")
 
 
+def settle_pooling(config: EngineConfig) -> None:
+    """The pooler config from the model's files unless given. Mean pooling averages a whole
+    prompt in one step: no chunked prefill, no prefix-cache hits."""
+    if config.pooler_config is None:
+        config.pooler_config = load_pooler_config(resolve_model_path(config.model))
+    pooler = config.pooler_config
+    if pooler.pooling_type == "MEAN" and (config.enable_chunked_prefill or config.enable_prefix_caching):
+        logger.info("mean pooling runs each prompt whole in one step: chunked prefill and prefix caching are off")
+        config.enable_chunked_prefill = config.enable_prefix_caching = False
+    logger.info("pooling runner: %s pooling, %snormalized", pooler.pooling_type, "" if pooler.normalize else "not ")
+
+
 def check_config(config: EngineConfig) -> None:
     """Reject contradictory settings before anything loads."""
     if config.max_num_seqs < 1:
@@ -292,6 +353,8 @@ def check_config(config: EngineConfig) -> None:
         raise ConfigError(f"max_num_batched_tokens must be positive, got {config.max_num_batched_tokens}")
     if config.max_model_len is not None and config.max_model_len < 2:
         raise ConfigError(f"max_model_len must be at least 2, got {config.max_model_len}")
+    if config.runner not in RUNNERS:
+        raise ConfigError(f"runner must be one of {', '.join(RUNNERS)}, got {config.runner!r}")
     if config.guided_decoding_backend not in BACKENDS:
         raise ConfigError(f"guided_decoding_backend must be one of {', '.join(BACKENDS)}, "
                           f"got {config.guided_decoding_backend!r}")

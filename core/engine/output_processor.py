@@ -1,4 +1,5 @@
-"""From sampled token ids to RequestOutputs: detokenization, stop strings, logprobs, n > 1."""
+"""From sampled token ids to RequestOutputs: detokenization, stop strings, logprobs, n > 1;
+and from pooled hidden states to the pooling runner's PoolingRequestOutputs."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -6,9 +7,13 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import torch
+
 from octavo.backend import ModelRunnerOutput, TokenLogprobs
 from octavo.detokenizer import IncrementalDetokenizer
-from octavo.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
+from octavo.outputs import (CompletionOutput, Logprob, PoolingOutput, PoolingRequestOutput, PositionLogprobs,
+                            RequestOutput)
+from octavo.pooling_params import PoolingParams
 from octavo.request import Request, RequestStatus
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 
@@ -57,13 +62,29 @@ class ParentState:
         return self.params.output_kind
 
 
+@dataclass(slots=True, eq=False)
+class PoolingState:
+    """A pooling request: one prompt, one embedding. `params` are resolved (nothing None but
+    `dimensions`)."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: PoolingParams
+    arrival_time: float = field(default_factory=time.monotonic)
+
+
 class OutputProcessor:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.parents: dict[str, ParentState] = {}
         self.seqs: dict[str, tuple[ParentState, SequenceState]] = {}
+        self.pooling: dict[str, PoolingState] = {}
 
-    def add(self, parent: ParentState) -> None:
+    def add(self, parent: ParentState | PoolingState) -> None:
+        if isinstance(parent, PoolingState):
+            self.pooling[parent.request_id] = parent
+            return
         self.parents[parent.request_id] = parent
         for seq in parent.seqs:
             self.seqs[seq.request_id] = (parent, seq)
@@ -71,20 +92,24 @@ class OutputProcessor:
             parent.prompt_logprobs = [None]
 
     def has(self, request_id: str) -> bool:
-        return request_id in self.parents
+        return request_id in self.parents or request_id in self.pooling
 
     def parent_id(self, child_id: str) -> str | None:
         entry = self.seqs.get(child_id)
-        return entry[0].request_id if entry is not None else None
+        if entry is None:
+            return child_id if child_id in self.pooling else None  # a pooling request is its own child
+        return entry[0].request_id
 
     def child_ids(self, request_id: str) -> list[str]:
+        if request_id in self.pooling:
+            return [request_id]
         parent = self.parents.get(request_id)
         return [s.request_id for s in parent.seqs if s.finish_reason is None] if parent else []
 
     # ------------------------------------------------------------------ per step
 
-    def process(self, sampled: list[tuple[Request, int]],
-                result: ModelRunnerOutput) -> tuple[list[RequestOutput], list[str], dict[str, Exception]]:
+    def process(self, sampled: list[tuple[Request, int]], result: ModelRunnerOutput
+                ) -> tuple[list[RequestOutput | PoolingRequestOutput], list[str], dict[str, Exception]]:
         """Returns the outputs to deliver, the child ids a stop string ended, and the child ids
         whose processing raised (with the exception): the engine fails those alone."""
         touched: dict[str, ParentState] = {}
@@ -105,6 +130,17 @@ class OutputProcessor:
                 continue
             touched[parent.request_id] = parent
         outputs = [out for p in touched.values() if (out := self._output(p)) is not None]
+        for rid, hidden in result.pooler_output.items():
+            state = self.pooling.get(rid)
+            if state is None:
+                continue  # aborted while the step ran
+            try:
+                outputs.append(PoolingRequestOutput(rid, PoolingOutput(_embedding(hidden, state.params)),
+                                                    state.prompt_token_ids))
+            except Exception as exc:  # noqa: BLE001 - one request's failure, not the step's
+                errors[rid] = exc
+                continue
+            del self.pooling[rid]
         return outputs, stopped, errors
 
     def _append(self, parent: ParentState, seq: SequenceState, request: Request, token_id: int,
@@ -129,9 +165,12 @@ class OutputProcessor:
             seq.finish_reason, seq.stop_reason = request.status.finish_reason, request.stop_reason
         return False
 
-    def abort(self, request_id: str, error: str | None = None) -> RequestOutput | None:
+    def abort(self, request_id: str, error: str | None = None) -> RequestOutput | PoolingRequestOutput | None:
         """End every unfinished sequence of a request; the final output says `abort`, or
         `error` (with the message) when the engine failed on it."""
+        pooled = self.pooling.pop(request_id, None)
+        if pooled is not None:
+            return PoolingRequestOutput(request_id, None, pooled.prompt_token_ids, error=error)
         parent = self.parents.get(request_id)
         if parent is None:
             return None
@@ -212,3 +251,9 @@ class OutputProcessor:
         self.parents.pop(parent.request_id, None)
         for seq in parent.seqs:
             self.seqs.pop(seq.request_id, None)
+
+
+def _embedding(hidden: torch.Tensor, params: PoolingParams) -> torch.Tensor:
+    """Matryoshka truncation first, so that the kept values are renormalised."""
+    data = hidden[:params.dimensions] if params.dimensions is not None else hidden
+    return torch.nn.functional.normalize(data, dim=-1) if params.normalize else data

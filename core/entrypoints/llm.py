@@ -1,4 +1,5 @@
-"""The offline API: `LLM(model).generate(prompts, params)` and `LLM.chat(messages)`."""
+"""The offline API: `LLM(model).generate(prompts, params)`, `LLM.chat(messages)` and, with
+`runner="pooling"`, `LLM.embed(prompts)`."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +11,8 @@ from tqdm.auto import tqdm
 from octavo.backend import Backend
 from octavo.config import ConfigError, EngineConfig
 from octavo.engine.llm_engine import LLMEngine, Prompt
-from octavo.outputs import RequestOutput
+from octavo.outputs import EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput
+from octavo.pooling_params import PoolingParams
 from octavo.sampling_params import RequestOutputKind, SamplingParams
 
 
@@ -39,19 +41,18 @@ class LLM:
         """Outputs in prompt order. A list of ints is one tokenized prompt."""
         if prompt_token_ids is not None:
             prompts = [{"prompt_token_ids": ids} for ids in prompt_token_ids]
-        elif isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        if sampling_params is None or isinstance(sampling_params, SamplingParams):
-            sampling_params = [sampling_params or self.get_default_sampling_params()] * len(prompts)
-        if len(sampling_params) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(sampling_params)} sampling params")
-        ids = []
-        for prompt, params in zip(prompts, sampling_params):
-            rid = str(next(self._ids))
-            params = dataclasses.replace(params, output_kind=RequestOutputKind.FINAL_ONLY)
-            self.engine.add_request(rid, prompt, params)
-            ids.append(rid)
-        return self._run(ids, use_tqdm)
+        prompts = _prompt_list(prompts)
+        params = _per_prompt(sampling_params or self.get_default_sampling_params(), SamplingParams, prompts)
+        return self._run([dataclasses.replace(p, output_kind=RequestOutputKind.FINAL_ONLY) for p in params],
+                         prompts, use_tqdm)
+
+    def embed(self, prompts: Prompt | Sequence[Prompt], pooling_params: PoolingParams | Sequence[PoolingParams]
+              | None = None, *, use_tqdm: bool = False) -> list[EmbeddingRequestOutput]:
+        """One embedding per prompt, in prompt order (`out.outputs.embedding`); needs
+        `LLM(model, runner="pooling")`."""
+        prompts = _prompt_list(prompts)
+        params = _per_prompt(pooling_params or PoolingParams(), PoolingParams, prompts)
+        return [EmbeddingRequestOutput.from_base(out) for out in self._run(params, prompts, use_tqdm)]
 
     def chat(self, messages: list[dict] | list[list[dict]],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
@@ -63,9 +64,15 @@ class LLM:
             tools=tools, tokenize=True, return_dict=True)["input_ids"]} for conv in conversations]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
-    def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
-        results: dict[str, RequestOutput] = {}
-        bar = tqdm(total=len(ids), desc="generating", disable=not use_tqdm)
+    def _run(self, params: list[SamplingParams | PoolingParams], prompts: list[Prompt],
+             use_tqdm: bool) -> list[RequestOutput | PoolingRequestOutput]:
+        ids = []
+        for prompt, p in zip(prompts, params):
+            rid = str(next(self._ids))
+            self.engine.add_request(rid, prompt, p)
+            ids.append(rid)
+        results: dict[str, RequestOutput | PoolingRequestOutput] = {}
+        bar = tqdm(total=len(ids), desc="processed prompts", disable=not use_tqdm)
         while self.engine.has_unfinished_requests():
             for out in self.engine.step():
                 if out.finished:
@@ -73,3 +80,19 @@ class LLM:
                     bar.update(1)
         bar.close()
         return [results[rid] for rid in ids]
+
+
+def _prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    """One prompt (text, a dict, or a list of ints: one tokenized prompt) or several."""
+    if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
+        return [prompts]
+    return list(prompts)
+
+
+def _per_prompt(params, kind: type, prompts: list[Prompt]) -> list:
+    """One params object for all prompts, or one per prompt."""
+    if isinstance(params, kind):
+        return [params] * len(prompts)
+    if len(params) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(params)} {kind.__name__} objects")
+    return list(params)

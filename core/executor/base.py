@@ -32,6 +32,10 @@ class WorkerError(EngineDeadError):
 class Executor(Worker):
     """Workers of one engine in other processes (multiprocessing or Ray)."""
 
+    # Its workers are those of a backend with a `distributed_backend`; the in-tree ones are
+    # TorchWorkers, which pool.
+    supports_pooling = True
+
     world_size: int
 
     def __init__(self) -> None:

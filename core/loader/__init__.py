@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 from collections.abc import Iterator
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from octavo.backend import Communicator, QuantizedTensor
-from octavo.config import ConfigError, EngineConfig, ModelConfig
+from octavo.config import ConfigError, EngineConfig, ModelConfig, PoolerConfig
 from octavo.distributed import SingleRank
 from octavo.loader import gguf
 from octavo.models import model_class
@@ -35,6 +36,43 @@ def load_hf_config(path: str):
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(path)
+
+
+_ST_POOLING = "sentence_transformers.models.Pooling"
+_ST_NORMALIZE = "sentence_transformers.models.Normalize"
+_ST_POOLING_MODES = {"pooling_mode_lasttoken": "LAST", "pooling_mode_mean_tokens": "MEAN"}
+
+
+def _read_json(path: str):
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_pooler_config(path: str) -> PoolerConfig:
+    """The pooling a model's files ask for, as vLLM reads them: sentence-transformers'
+    modules.json (its Pooling module's mode; Normalize or not) where present, else the last
+    token, normalised; Matryoshka dimensions from config.json."""
+    if gguf.is_gguf(path):
+        return PoolerConfig()
+    hf = _read_json(os.path.join(path, "config.json")) or {}
+    config = PoolerConfig(is_matryoshka=bool(hf.get("is_matryoshka") or hf.get("matryoshka_dimensions")),
+                          matryoshka_dimensions=hf.get("matryoshka_dimensions"))
+    modules = _read_json(os.path.join(path, "modules.json"))
+    if modules is None:
+        return config
+    types = {m.get("type") for m in modules}
+    config.normalize = _ST_NORMALIZE in types
+    pooling = next((m for m in modules if m.get("type") == _ST_POOLING), None)
+    if pooling is not None:
+        modes = _read_json(os.path.join(path, pooling.get("path", ""), "config.json")) or {}
+        on = sorted(k for k, v in modes.items() if k.startswith("pooling_mode_") and v)
+        if len(on) != 1 or on[0] not in _ST_POOLING_MODES:
+            raise ConfigError(f"the model's sentence-transformers pooling ({', '.join(on) or 'none'}) is not "
+                              f"supported: one of {', '.join(_ST_POOLING_MODES)} is")
+        config.pooling_type = _ST_POOLING_MODES[on[0]]
+    return config
 
 
 class SafetensorsSlice:

@@ -528,6 +528,21 @@ def hf_logprobs(
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+@torch.no_grad()
+def hf_hidden_states(
+    path: str,
+    token_ids: Sequence[int],
+    *,
+    attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION,
+) -> torch.Tensor:
+    """HF's final hidden states (after the last norm), fp32, ``[len(token_ids), hidden]``:
+    what the pooling runner pools."""
+    model = load_hf_model(path, attn_implementation)
+    ids = torch.tensor([list(token_ids)], dtype=torch.long)
+    with _reference_threads():
+        return model.model(input_ids=ids, use_cache=False).last_hidden_state[0].float()
+
+
 def random_prompts(
     tokenizer_or_vocab_size, n: int, min_len: int, max_len: int, seed: int
 ) -> list[list[int]]:

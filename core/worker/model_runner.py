@@ -3,7 +3,8 @@
 `execute_model` applies the step to the worker's requests, builds the step's flat inputs
 and launches the forward pass (eagerly, or padded to a captured shape when the backend has
 `StepGraphs`); `sample_tokens` then hands the step's hidden states to the backend's
-`StepSampler` (prompt logprobs, then the rows that sample). `warm_up` captures every static
+`StepSampler` (prompt logprobs, then the rows that sample) or, under the pooling runner,
+pools their hidden states. `warm_up` captures every static
 shape, then runs what the sampler precompiles, under one progress bar.
 In a tensor-parallel engine every rank runs both phases (the logits are gathered) and only
 rank 0, which gets the logits, samples.
@@ -23,6 +24,7 @@ from octavo.backend import (AttentionBackend, BatchLayout, GrammarBitmask, Model
                             StepGraphs, StepShape)
 from octavo.models.layers import ForwardContext
 from octavo.sample.step_sampler import PromptChunk, StepSampler
+from octavo.worker.pooler import pool
 from octavo.worker.states import RequestState, RequestStates
 
 
@@ -122,12 +124,15 @@ class _Step:
 
 class ModelRunner:
     def __init__(self, model: nn.Module, attn: AttentionBackend, device: torch.device,
-                 sampler: StepSampler, graphs: StepGraphs | None = None, inference_mode: bool = True):
-        """`inference_mode` False: steps run under torch.no_grad (`Backend.inference_mode`)."""
+                 sampler: StepSampler, graphs: StepGraphs | None = None, inference_mode: bool = True,
+                 pooling_type: str | None = None):
+        """`inference_mode` False: steps run under torch.no_grad (`Backend.inference_mode`).
+        `pooling_type`: the pooling runner's (LAST or MEAN); None samples tokens."""
         self.model = model
         self.attn = attn
         self.device = device
         self.graphs = graphs
+        self.pooling_type = pooling_type
         self.states = RequestStates()
         self.sampler = sampler
         self._autograd_off = torch.inference_mode if inference_mode else torch.no_grad
@@ -156,7 +161,11 @@ class ModelRunner:
             if chunks:
                 self.sampler.prompt_logprobs(chunks, step.hidden, compute_logits, out)
             rows = step.inputs.sample_rows
-            if rows:
+            if rows and self.pooling_type is not None:
+                pooled = pool(step.hidden, step.inputs.layout.query_start_loc, rows, self.pooling_type).cpu()
+                # One tensor each (not views of the batch's): each pickles alone.
+                out.pooler_output = {step.reqs[i].request_id: row.clone() for i, row in zip(rows, pooled)}
+            elif rows:
                 self.sampler.sample_hidden([step.reqs[i] for i in rows], rows, step.hidden, step.inputs.logits_indices,
                                            compute_logits, grammar, out)
         return out

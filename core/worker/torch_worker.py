@@ -19,6 +19,8 @@ class TorchWorker(Worker):
     and only rank 0 samples. Subclasses say how much memory the KV cache may take when the
     user did not (`kv_memory_budget`), or size it themselves (`num_kv_blocks`)."""
 
+    supports_pooling = True
+
     def __init__(self, config: EngineConfig, backend: Backend, device: torch.device,
                  attention: AttentionBackend, rank: ParallelRank | None = None):
         self.config = config
@@ -65,8 +67,9 @@ class TorchWorker(Worker):
                                                       module.spec.head_dim)
                 module.kv_cache = self.new_kv_cache(shape)
         args = self.config, self.model_config, self.device
+        pooling = self.config.pooler_config.pooling_type if self.config.runner == "pooling" else None
         self.runner = ModelRunner(self.model, self.attention, self.device, self.backend.step_sampler(*args),
-                                  self.backend.step_graphs(*args), self.backend.inference_mode)
+                                  self.backend.step_graphs(*args), self.backend.inference_mode, pooling)
 
     def new_kv_cache(self, shape: tuple[int, ...]) -> torch.Tensor:
         """One layer's cache, zeroed; a backend whose kernels never read a slot before writing
