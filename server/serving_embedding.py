@@ -17,6 +17,7 @@ from octavo.outputs import PoolingRequestOutput
 from octavo.pooling_params import PoolingParams
 from octavo.server import sampling
 from octavo.server.errors import bad_request
+from octavo.server.metrics import ServerMetrics
 from octavo.server.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from octavo.server.serving_common import check_token_ids, encode, prompt_items, warn_unknown_fields
 from octavo.server.state import ServerState
@@ -46,16 +47,18 @@ def _tokenize(state: ServerState, req: EmbeddingRequest, items: list[str | list[
     return out
 
 
-async def _embed(engine, ids: list[int], params: PoolingParams, request_id: str) -> PoolingRequestOutput:
+async def _embed(engine, metrics: ServerMetrics, ids: list[int], params: PoolingParams,
+                 request_id: str) -> PoolingRequestOutput:
     async for out in engine.encode({"prompt_token_ids": ids}, params, request_id):
-        final = out
+        final = out  # counted on the engine that served it (its route lasts while the output is read)
+        metrics.for_engine(engine.replica_of(request_id) or 0).add_prompt_tokens(len(ids))
     return final
 
 
-async def _embed_all(engine, prompts: list[list[int]], params: PoolingParams,
+async def _embed_all(engine, metrics: ServerMetrics, prompts: list[list[int]], params: PoolingParams,
                      request_id: str) -> list[PoolingRequestOutput]:
     rids = [request_id] if len(prompts) == 1 else [f"{request_id}-{i}" for i in range(len(prompts))]
-    tasks = [asyncio.ensure_future(_embed(engine, ids, params, rid)) for ids, rid in zip(prompts, rids)]
+    tasks = [asyncio.ensure_future(_embed(engine, metrics, ids, params, rid)) for ids, rid in zip(prompts, rids)]
     try:
         return await asyncio.gather(*tasks)
     finally:  # one failed, or the client went away: the others stop too
@@ -75,10 +78,9 @@ async def create_embedding(state: ServerState, req: EmbeddingRequest, raw: Reque
     warn_unknown_fields(req, ENDPOINT)
     prompts = await state.run_blocking(_tokenize, state, req, prompt_items(req.input, "input", MAX_INPUTS))
     start = time.monotonic()
-    outputs = await unless_disconnected(raw, _embed_all(state.engine, prompts, PoolingParams(req.dimensions),
-                                                        request_id))
+    outputs = await unless_disconnected(raw, _embed_all(state.engine, state.metrics, prompts,
+                                                        PoolingParams(req.dimensions), request_id))
     num_tokens = sum(map(len, prompts))
-    state.metrics.add_prompt_tokens(num_tokens)
     if state.settings.log_requests:
         logger.info("%s %s: inputs=%d prompt_tokens=%d e2e=%.3fs", ENDPOINT, request_id, len(prompts), num_tokens,
                     time.monotonic() - start)

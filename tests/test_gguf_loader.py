@@ -22,14 +22,6 @@ from octavo.loader.gguf import (
 )
 
 
-@pytest.fixture(scope="module")
-def smollm2() -> str:
-    try:
-        return find_default_model()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-
-
 def _meta_model(config: transformers.PretrainedConfig) -> torch.nn.Module:
     with torch.device("meta"):
         return transformers.AutoModelForCausalLM.from_config(config)
@@ -64,21 +56,21 @@ def test_find_default_model_missing(monkeypatch) -> None:
         find_default_model()
 
 
-def test_is_gguf(smollm2: str, tmp_path) -> None:
+def test_is_gguf(smollm2_gguf: str, tmp_path) -> None:
     (tmp_path / "x.bin").write_bytes(b"not a gguf")
-    assert is_gguf(smollm2)
+    assert is_gguf(smollm2_gguf)
     assert not is_gguf(str(tmp_path / "x.bin"))
     assert not is_gguf(str(tmp_path / "missing.gguf"))
 
 
-def test_smollm2_tensors_match_transformers(smollm2: str) -> None:
-    config = load_gguf_config(smollm2)
+def test_smollm2_tensors_match_transformers(smollm2_gguf: str) -> None:
+    config = load_gguf_config(smollm2_gguf)
     assert config.model_type == "llama" and config.tie_word_embeddings
-    _assert_matches_transformers(smollm2, config)
+    _assert_matches_transformers(smollm2_gguf, config)
 
 
-def test_smollm2_tokenizer(smollm2: str) -> None:
-    tok = load_gguf_tokenizer(smollm2)
+def test_smollm2_tokenizer(smollm2_gguf: str) -> None:
+    tok = load_gguf_tokenizer(smollm2_gguf)
     assert tok.is_fast
     chat = [{"role": "user", "content": "hi"}]
     prompt = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
