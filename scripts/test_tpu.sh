@@ -16,15 +16,17 @@ if [ ! -f "$VENV/built" ]; then  # written last: a build cut short is redone
   "$PY" -m pip install -q -r "$REQUIREMENTS"
   touch "$VENV/built"
 fi
-# octavo from this checkout.
-"$PY" -m pip install -q --no-deps --no-build-isolation -e . -e backends/cpu -e backends/tpu
+# octavo from this checkout; octavo-cpu without its C++ kernels: built against torch 2.9 they would replace, in this
+# checkout, the build the main environment's torch runs; the stage runs plain torch.
+export OCTAVO_CPU_KERNELS=0
+OCTAVO_CPU_BUILD=0 "$PY" -m pip install -q --no-deps --no-build-isolation -e . -e backends/cpu -e backends/tpu
 # On torch 2.9: the core (cpu backend, plain torch: model math against HF, the KV cache,
 # sampling parameters) and the TPU backend's own tests on XLA's CPU client (PJRT_DEVICE=CPU,
 # chosen by name only, so `--device auto` stays on the cpu backend), in one process; then the
 # whole conformance kit (fp32 against HF, the four families; small limits keep each
 # engine at 15 graphs).
 export PJRT_DEVICE=CPU
-OCTAVO_CPU_KERNELS=0 "$PY" -m pytest -q tests/test_engine_vs_hf.py tests/test_kv_cache.py \
+"$PY" -m pytest -q tests/test_engine_vs_hf.py tests/test_kv_cache.py \
   tests/test_sampling_params.py tests/test_device_neutral_core.py backends/tpu/tests "$@"
 "$PY" -m pytest -q --pyargs octavo.testing.conformance --octavo-device tpu \
   --octavo-families llama,qwen2,mistral,gemma3 \
