@@ -10,7 +10,9 @@ trap 'rm -rf "$(dirname "$venv")"' EXIT
 python -m venv "$venv"
 "$venv/bin/python" -m pip install -q "torch==2.13.0"
 "$venv/bin/python" -m pip install -q "torch==2.13.0" . examples/octavo-example-backend pytest openai
-"$venv/bin/octavo" devices | tee /dev/stderr | grep -Eq '^example +usable'
+devices="$("$venv/bin/octavo" devices)"  # not `tee /dev/stderr`: reopening it truncates a log file
+echo "$devices"
+grep -Eq '^example +usable' <<< "$devices"
 cd examples/octavo-example-backend
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests
 "$venv/bin/python" -m pytest -q -p no:cacheprovider --pyargs octavo.testing.conformance --octavo-device example \
