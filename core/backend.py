@@ -55,7 +55,9 @@ if TYPE_CHECKING:
     from octavo.sample.ops import SamplerOps
     from octavo.sample.step_sampler import StepSampler
 
-CONTRACT_VERSION = "4.1"
+CONTRACT_VERSION = "4.2"
+# 4.2 adds DecoderLayer and DecoderLayerParts: a backend may run a whole decoder layer of its
+# own loaded model as one call (`DecoderLayer.fused`), for the layers whose `parts()` it takes.
 # 4.1 adds (a minor: only additions with defaults):
 #   - for runtimes that build the model in a graph of their own: the exports model_config_for,
 #     head_dim_of, sliding_window_of, rope_inv_freq, prompt_logprobs, num_blocks_for_memory;
@@ -585,6 +587,9 @@ _LAZY = {
     "prompt_logprobs": "octavo.sample.step_sampler",
     "num_blocks_for_memory": "octavo.kv_cache",
     "TorchCommunicator": "octavo.distributed",
+    # 4.2: fused decoder layers.
+    "DecoderLayer": "octavo.models.layers",
+    "DecoderLayerParts": "octavo.models.layers",
 }
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,6 +19,35 @@ class ForwardContext:
 
     attn: AttentionBackend
     metadata: Any
+
+
+@dataclass(slots=True)
+class DecoderLayerParts:
+    """A pre-norm decoder layer (norm, attention, norm, gated MLP, residual adds as in
+    `LlamaDecoderLayer.forward`), laid out for a backend that runs its decode steps as one
+    native call (contract 4.2). The linears are the modules the backend itself put in place
+    after loading (quantized or packed), so it knows their kinds."""
+
+    input_norm: RMSNorm
+    post_attention_norm: RMSNorm
+    qkv_proj: nn.Module  # q, k, v rows, in that order
+    o_proj: nn.Module
+    gate_up_proj: nn.Module  # gate rows, then up rows
+    down_proj: nn.Module
+    act: str
+    attention: Attention  # its spec, and the cache the worker bound
+
+
+class DecoderLayer(nn.Module):
+    """The base of decoder layers a backend may fuse (contract 4.2): `parts()` describes the
+    layer where it has the plain pre-norm form (None otherwise), and a backend sets `fused`
+    to a callable taking `forward`'s arguments that returns its result, or None for steps it
+    does not take (then the layer runs op by op)."""
+
+    fused: Callable[..., tuple[torch.Tensor, torch.Tensor] | None] | None = None
+
+    def parts(self) -> DecoderLayerParts | None:
+        return None
 
 
 class RMSNorm(nn.Module):

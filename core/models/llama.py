@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from octavo.backend import AttentionSpec, Communicator
-from octavo.models.layers import Attention, ForwardContext, GatedMLP, RMSNorm, RotaryEmbedding, rope_inv_freq
+from octavo.models.layers import (Attention, DecoderLayer, DecoderLayerParts, ForwardContext, GatedMLP, RMSNorm,
+                                  RotaryEmbedding, rope_inv_freq)
 from octavo.models.ops import LayerOps, Rope
 from octavo.models.parallel import (ColumnParallelLinear, HeadSplit, ParallelLMHead, RowParallelLinear,
                                     VocabParallelEmbedding, gather_logits)
@@ -59,13 +60,21 @@ class LlamaAttention(nn.Module):
         return self.comm.all_reduce(self.o_proj(out.reshape(-1, self.num_heads * self.head_dim)))
 
 
-class LlamaDecoderLayer(nn.Module):
+class LlamaDecoderLayer(DecoderLayer):
     def __init__(self, config, layer: int, qk_norm: bool, ops: LayerOps, comm: Communicator):
         super().__init__()
         self.self_attn = LlamaAttention(config, layer, qk_norm, ops, comm)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act, ops, comm)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+
+    def parts(self) -> DecoderLayerParts | None:
+        """The plain form, where q/k norms (Qwen3) and tensor-parallel all-reduces are absent."""
+        attn = self.self_attn
+        if attn.q_norm is not None or attn.comm.world_size > 1:
+            return None
+        return DecoderLayerParts(self.input_layernorm, self.post_attention_layernorm, attn.qkv_proj, attn.o_proj,
+                                 self.mlp.gate_up_proj, self.mlp.down_proj, self.mlp.act, attn.attn)
 
     def forward(self, rope: Rope, x: torch.Tensor, residual: torch.Tensor | None,
                 ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,6 +83,8 @@ class LlamaDecoderLayer(nn.Module):
         x is the last sublayer's output and `residual` the stream it is still to be added to
         (on the first layer: the embeddings, and None); returns the same pair for the next.
         """
+        if self.fused is not None and (out := self.fused(rope, x, residual, ctx)) is not None:
+            return out
         if residual is None:
             x, residual = self.input_layernorm(x), x
         else:

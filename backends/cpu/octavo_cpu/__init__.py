@@ -53,7 +53,7 @@ class CpuOptions(BackendOptions):
 
 class CpuBackend(Backend):
     name = "cpu"
-    contract_version = "4.1"
+    contract_version = "4.2"
     priority = 0
     options_class = CpuOptions
     supported_dtypes = (torch.float32, torch.bfloat16, torch.float16)

@@ -38,6 +38,7 @@ class CpuAttentionMetadata:
     slot_mapping: torch.Tensor  # [T] int64: block * block_size + offset of each new token
     decode: DecodeBatch | None
     prefills: list[PrefillChunk]
+    decode_only: bool  # every token of the step is a decode, in the leading rows
     masks: dict = field(default_factory=dict)  # (kind, index, window) -> bool mask, per step
 
 
@@ -95,7 +96,7 @@ class TorchPagedAttention(AttentionBackend):
             nb = -(-seq_len // bs)
             block_ids = layout.block_tables[i, :nb] if seq_len > query_len else None
             prefills.append(PrefillChunk(starts[i], starts[i + 1], block_ids, seq_len))
-        decode = None
+        decode, leading = None, False
         if decode_rows:
             rows = torch.tensor(decode_rows)
             dec_lens = layout.seq_lens[rows]
@@ -103,13 +104,13 @@ class TorchPagedAttention(AttentionBackend):
             leading = decode_rows[-1] == len(decode_rows) - 1  # then their tokens are 0..Bd-1
             tokens = slice(0, len(decode_rows)) if leading else layout.query_start_loc[rows].long().to(device)
             decode = DecodeBatch(tokens, layout.block_tables[rows, :nb].contiguous().to(device), dec_lens.to(device))
-        return CpuAttentionMetadata(layout.slot_mapping.to(device), decode, prefills)
+        return CpuAttentionMetadata(layout.slot_mapping.to(device), decode, prefills, leading and not prefills)
 
     def forward(self, spec: AttentionSpec, q, k, v, kv_cache, md: CpuAttentionMetadata):
         amx = self.uses_amx(spec, kv_cache)
         caches = self.block_views(kv_cache, spec.head_dim, amx)
         self.write(*caches, md.slot_mapping, k, v, amx)
-        if md.decode is not None and not md.prefills and md.decode.tokens == slice(0, len(q)):
+        if md.decode_only:
             return self._decode(spec, q, caches, md, amx)
         k_cache, v_cache = self.token_views(*caches, amx)
         out = torch.empty_like(q)

@@ -8,15 +8,10 @@ bytes with the weights' 4-8 bit values, scaled per block.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from octavo.backend import QuantizedTensor
 
-# From this many rows on (prefill), bf16 layers dequantize the weight and let oneDNN multiply:
-# one core here did 51 GMAC/s in the int8 kernel at any M >= 8, and 72 GMAC/s dequantizing
-# a 4864 x 896 weight to bf16 for F.linear at M = 128 (24 at M = 32).
-DENSE_ROWS = 64
 # GGUF's type numbers (ggml_type) of the formats the kernels read.
 GGML_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 QUANTIZED_TYPES = frozenset(GGML_TYPES)
@@ -28,7 +23,6 @@ class QuantLinear(nn.Module):
 
     def __init__(self, parts: list[QuantizedTensor | torch.Tensor], bias: torch.Tensor | None, kernels):
         super().__init__()
-        self.kernels = kernels
         self.in_features = parts[0].shape[1]
         self.out_features = sum(part.shape[0] for part in parts)
         # (first row, end row, ggml type or -1 for dense, tensor): a plain list, read every step.
@@ -47,24 +41,12 @@ class QuantLinear(nn.Module):
         for i, (_, _, _, tensor) in enumerate(self.parts):
             self.register_buffer(f"part{i}", tensor, persistent=False)
         self.bias = bias
+        # The multiply itself (csrc/linear.cpp): per part, the kernel for its type, or for a
+        # prefill's many rows in bf16 the part dequantized and multiplied by oneDNN.
+        self.native = kernels.Linear.quantized(self.parts, None if bias is None else bias.detach(), self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        if rows.stride(-1) != 1:
-            rows = rows.contiguous()
-        out = torch.empty(rows.shape[0], self.out_features, dtype=x.dtype)
-        dense = rows.shape[0] >= DENSE_ROWS and x.dtype == torch.bfloat16
-        for start, end, ggml_type, weight in self.parts:
-            target = out if len(self.parts) == 1 else out[:, start:end]
-            if ggml_type < 0:
-                target.copy_(F.linear(rows, weight))
-            elif dense:
-                target.copy_(F.linear(rows, self.kernels.quant_dequantize(weight, ggml_type, self.in_features, x.dtype)))
-            else:
-                self.kernels.quant_linear_out(rows, weight, ggml_type, target)
-        if self.bias is not None:
-            out += self.bias
-        return out.view(*x.shape[:-1], self.out_features)
+        return self.native.forward(x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
 
 
 def quantized_parts(linear: nn.Linear) -> list[QuantizedTensor | torch.Tensor]:

@@ -1,6 +1,7 @@
 """CPU worker: the core's torch worker, with KV memory from `kv_cache_memory`, a thread count
 (and, for one worker process of several, its own cores), GGUF-quantized linears kept in
-their blocks, pre-packed dense linear weights and a malloc that keeps freed memory."""
+their blocks, pre-packed dense linear weights, decoder layers fused for decode steps and a
+malloc that keeps freed memory."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +9,8 @@ import torch
 from octavo.backend import ModelConfig, TorchWorker
 from octavo_cpu.affinity import bind_worker
 from octavo_cpu.allocator import keep_freed_memory
-from octavo_cpu.kernels import quantized
+from octavo_cpu.fused import fuse_decoder_layers
+from octavo_cpu.kernels import avx512, quantized
 from octavo_cpu.linear import pack_linears
 from octavo_cpu.quant import quantize_dense_linears, quantize_linears
 
@@ -28,6 +30,7 @@ class CpuWorker(TorchWorker):
         if self.backend.quantized_types:
             quantize_linears(self.model, quantized())
         pack_linears(self.model, self.config.max_num_seqs)
+        fuse_decoder_layers(self.model, avx512())
         return model_config
 
     def kv_memory_budget(self) -> int:

@@ -8,7 +8,7 @@ from gguf.quants import dequantize
 
 from octavo.backend import QuantizedTensor
 from octavo_cpu.kernels import quantized
-from octavo_cpu.quant import DENSE_ROWS, GGML_TYPES, QuantLinear
+from octavo_cpu.quant import GGML_TYPES, QuantLinear
 
 pytestmark = pytest.mark.skipif(quantized() is None, reason="the quantized kernels need x86-64 with AVX2 and a build")
 
@@ -84,10 +84,11 @@ def test_isa_selection_refuses_what_the_cpu_lacks():
     assert kernels.quant_isa() in ISAS
 
 
-@pytest.mark.parametrize("rows", [6, DENSE_ROWS], ids=["kernel", "prefill-dequantized"])
+# From 64 rows on, bf16 layers multiply dequantized weights (kDenseRows, csrc/linear.cpp).
+@pytest.mark.parametrize("rows", [6, 64], ids=["kernel", "prefill-dequantized"])
 def test_quant_linear_mixes_types_dense_parts_and_bias(rows):
     """A Q4_K_M file's merged q/k/v can mix types; a part of a type without a kernel is dense;
-    from DENSE_ROWS rows on, bf16 layers multiply dequantized weights."""
+    from 64 rows on, bf16 layers multiply dequantized weights."""
     K = 256
     parts = [random_blocks("Q5_0", 24, K, 1), random_blocks("Q8_0", 8, K, 2), torch.randn(8, K).bfloat16()]
     bias = torch.randn(40).bfloat16()

@@ -1,22 +1,9 @@
-// The module torch builds from csrc/: one entry per kernel.
+// The module torch builds from csrc/: one entry per kernel, and the layer classes.
 #include <torch/extension.h>
 
-at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                        const at::Tensor& block_table, const at::Tensor& seq_lens, double scale, int64_t window,
-                        double softcap, bool amx);
-void write_kv(at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& k, const at::Tensor& v,
-              const at::Tensor& slot_mapping, bool amx);
-bool amx_available();
-at::Tensor rms_norm(at::Tensor x, const at::Tensor& weight, double eps, c10::optional<at::Tensor> residual,
-                    bool gemma);
-at::Tensor silu_and_mul(const at::Tensor& gate_up);
-void rope_(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin);
-namespace octavo::quant {
-std::string quant_isa();
-void set_quant_isa(const std::string& want);
-void quant_linear_out(const at::Tensor& x, const at::Tensor& w, int64_t type, at::Tensor& out);
-at::Tensor quant_dequantize(const at::Tensor& w, int64_t type, int64_t K, at::ScalarType dtype);
-}  // namespace octavo::quant
+#include "decode_layer.h"
+#include "kernels.h"
+#include "linear.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode", &paged_decode);
@@ -29,4 +16,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_quant_isa", &octavo::quant::set_quant_isa);
   m.def("quant_linear_out", &octavo::quant::quant_linear_out);
   m.def("quant_dequantize", &octavo::quant::quant_dequantize);
+  pybind11::class_<octavo::Linear>(m, "Linear")
+      .def_static("quantized", &octavo::Linear::quantized)
+      .def_static("packed", &octavo::Linear::packed)
+      .def("forward", &octavo::Linear::forward);
+  pybind11::class_<octavo::DecodeLayer>(m, "DecodeLayer")
+      .def(pybind11::init<at::Tensor, at::Tensor, double, octavo::Linear, octavo::Linear, octavo::Linear,
+                          octavo::Linear, int64_t, int64_t, int64_t, double, int64_t>())
+      .def("forward", &octavo::DecodeLayer::forward);
 }

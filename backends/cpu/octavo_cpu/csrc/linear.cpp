@@ -1,0 +1,60 @@
+#include "linear.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include "kernels.h"
+
+namespace octavo {
+namespace {
+
+// From this many rows on (prefill), bf16 parts are dequantized and multiplied by oneDNN:
+// one core here did 51 GMAC/s in the int8 kernel at any M >= 8, and 72 GMAC/s dequantizing
+// a 4864 x 896 weight to bf16 for a linear at M = 128 (24 at M = 32).
+constexpr int64_t kDenseRows = 64;
+
+// torch's mkldnn::_linear_pointwise (what PackedLinear calls) on a pre-packed weight.
+at::Tensor linear_pointwise(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
+                            c10::List<std::optional<c10::Scalar>>, std::optional<c10::string_view>)>();
+  return op.call(x, w, b, "none", c10::List<std::optional<c10::Scalar>>(), std::nullopt);
+}
+
+}  // namespace
+
+Linear Linear::quantized(std::vector<Part> parts, c10::optional<at::Tensor> bias, int64_t in_features) {
+  TORCH_CHECK(!parts.empty(), "a quantized linear needs parts");
+  Linear l;
+  l.out_features_ = std::get<1>(parts.back());
+  l.parts_ = std::move(parts), l.bias_ = std::move(bias), l.in_features_ = in_features;
+  return l;
+}
+
+Linear Linear::packed(at::Tensor weight, c10::optional<at::Tensor> bias, int64_t in_features, int64_t out_features) {
+  Linear l;
+  l.packed_ = std::move(weight), l.bias_ = std::move(bias), l.in_features_ = in_features, l.out_features_ = out_features;
+  return l;
+}
+
+at::Tensor Linear::forward(const at::Tensor& input) const {
+  const at::Tensor x = input.stride(-1) == 1 ? input : input.contiguous();
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == in_features_, "linear: x must be [M, ", in_features_, "]");
+  if (packed_.defined()) return linear_pointwise(x, packed_, bias_);
+  at::Tensor out = at::empty({x.size(0), out_features_}, x.options());
+  const bool dense = x.size(0) >= kDenseRows && x.scalar_type() == at::kBFloat16;
+  for (const auto& [start, end, type, weight] : parts_) {
+    at::Tensor target = parts_.size() == 1 ? out : out.narrow(1, start, end - start);
+    if (type < 0)
+      target.copy_(at::linear(x, weight));
+    else if (dense)
+      target.copy_(at::linear(x, quant::quant_dequantize(weight, type, in_features_, x.scalar_type())));
+    else
+      quant::quant_linear_out(x, weight, type, target);
+  }
+  if (bias_) out.add_(*bias_);
+  return out;
+}
+
+}  // namespace octavo

@@ -1,0 +1,31 @@
+// A linear layer y = x W^T + b as the CPU backend holds it: GGUF-quantized row parts (each
+// multiplied in its blocks, or a dense part) or one weight pre-packed by oneDNN. One C++ call
+// per layer, from Python (QuantLinear) or from the fused decoder layer.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <tuple>
+#include <vector>
+
+namespace octavo {
+
+class Linear {
+ public:
+  // (first row, end row, ggml type or -1 for a dense [rows, K] weight, tensor) per part.
+  using Part = std::tuple<int64_t, int64_t, int64_t, at::Tensor>;
+
+  static Linear quantized(std::vector<Part> parts, c10::optional<at::Tensor> bias, int64_t in_features);
+  static Linear packed(at::Tensor weight, c10::optional<at::Tensor> bias, int64_t in_features, int64_t out_features);
+
+  // x [M, K] -> [M, N] in x's dtype.
+  at::Tensor forward(const at::Tensor& x) const;
+
+ private:
+  std::vector<Part> parts_;
+  at::Tensor packed_;  // oneDNN's blocked weight, or undefined
+  c10::optional<at::Tensor> bias_;
+  int64_t in_features_ = 0, out_features_ = 0;
+};
+
+}  // namespace octavo

@@ -1,0 +1,64 @@
+"""Decoder layers whose decode steps run as one native call (csrc/decode_layer.cpp).
+
+At batch 1 on a small model, a step's Python (module calls, views, one kernel call per op)
+costs more than its matmuls: SmolLM2-135M runs ~60 Python-level calls per layer. A fused
+layer chains the same kernels in C++; prefill and mixed steps keep the layer's own forward.
+Taken: bf16 layers of the plain pre-norm form (`DecoderLayer.parts()`) with SiLU, no logit
+softcap, whose linears are the backend's QuantLinear or PackedLinear.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from octavo.backend import DecoderLayer, DecoderLayerParts, ForwardContext, Rope
+from octavo_cpu.linear import PackedLinear
+from octavo_cpu.quant import QuantLinear
+
+
+class FusedDecodeLayer:
+    """`DecoderLayer.fused` for the CPU: takes decode-only steps, returns None for the rest."""
+
+    def __init__(self, parts: DecoderLayerParts, native):
+        self.attention = parts.attention
+        spec = parts.attention.spec
+        self.native = native.DecodeLayer(
+            parts.input_norm.weight.detach(), parts.post_attention_norm.weight.detach(), parts.input_norm.eps,
+            *(native_linear(m, native) for m in (parts.qkv_proj, parts.o_proj, parts.gate_up_proj, parts.down_proj)),
+            spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.scale, spec.sliding_window or 0)
+
+    def __call__(self, rope: Rope, x: torch.Tensor, residual: torch.Tensor | None, ctx: ForwardContext):
+        md = ctx.metadata
+        if not md.decode_only:
+            return None
+        kv_cache = self.attention.kv_cache
+        return self.native.forward(x, residual, *rope, kv_cache, md.slot_mapping, md.decode.block_table,
+                                   md.decode.seq_lens, ctx.attn.uses_amx(self.attention.spec, kv_cache))
+
+
+def native_linear(module: nn.Module, native):
+    if isinstance(module, QuantLinear):
+        return module.native
+    bias = None if module.bias is None else module.bias.detach()
+    return native.Linear.packed(module.weight.detach(), bias, module.in_features, module.out_features)
+
+
+def fusable(parts: DecoderLayerParts | None) -> bool:
+    linears = () if parts is None else (parts.qkv_proj, parts.o_proj, parts.gate_up_proj, parts.down_proj)
+    return (parts is not None and parts.act == "silu" and parts.attention.spec.logit_softcap is None
+            and not parts.input_norm.gemma and parts.input_norm.weight.dtype == torch.bfloat16
+            and all(isinstance(m, (QuantLinear, PackedLinear)) for m in linears))
+
+
+def fuse_decoder_layers(model: nn.Module, native) -> int:
+    """Give every fusable decoder layer its native decode step; returns how many.
+    OCTAVO_CPU_FUSED=0 keeps every layer op by op (the reference the fused steps must equal)."""
+    if native is None or os.environ.get("OCTAVO_CPU_FUSED", "1") == "0":
+        return 0
+    layers = [(m, m.parts()) for m in model.modules() if isinstance(m, DecoderLayer)]
+    for layer, parts in layers:
+        if fusable(parts):
+            layer.fused = FusedDecodeLayer(parts, native)
+    return sum(layer.fused is not None for layer, _ in layers)
