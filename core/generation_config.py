@@ -60,13 +60,8 @@ def _from_json(file: str) -> dict:
 
 
 def _from_gguf(path: str) -> dict:
-    from gguf import GGUFReader
+    from octavo.loader.gguf import GgufIndex
 
-    reader = GGUFReader(path)
-    out = {}
-    for key, field in _GGUF_KEYS.items():
-        entry = reader.fields.get(key)
-        if entry is not None:
-            value = entry.parts[entry.data[0]][0].item()
-            out[field] = int(value) if field == "top_k" else float(value)
-    return out
+    values = GgufIndex.load(path).sampling  # parsed with the tensors, once per file
+    return {field: int(values[key]) if field == "top_k" else float(values[key])
+            for key, field in _GGUF_KEYS.items() if key in values}

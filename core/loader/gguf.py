@@ -111,23 +111,27 @@ class TensorEntry:
 
 @dataclass(slots=True)
 class GgufIndex:
-    """A GGUF file's tensors, parsed once per file version and cached on disk (index.json),
+    """A GGUF file's tensors, parsed once per file version and cached on disk (index-v2.json),
     in the folder that also caches its HF config and tokenizer."""
 
     folder: str
     arch: str  # general.architecture
     tensors: list[TensorEntry]
+    sampling: dict[str, float]  # the general.sampling.* values the file sets (generation defaults)
 
     @classmethod
     def load(cls, path: str) -> GgufIndex:
         folder = _cache_folder(path)
-        index_file = os.path.join(folder, "index.json")
+        index_file = os.path.join(folder, "index-v2.json")
         if not os.path.isfile(index_file):
             reader = GGUFReader(path)
             field = reader.fields["general.architecture"]
             tensors = [TensorEntry(t.name, t.tensor_type.name, [int(n) for n in reversed(t.shape)],
                                    int(t.data_offset)) for t in reader.tensors]
-            index = {"arch": bytes(field.parts[field.data[0]]).decode(), "tensors": [asdict(t) for t in tensors]}
+            sampling = {key: f.parts[f.data[0]][0].item() for key, f in reader.fields.items()
+                        if key.startswith("general.sampling.")}
+            index = {"arch": bytes(field.parts[field.data[0]]).decode(), "tensors": [asdict(t) for t in tensors],
+                     "sampling": sampling}
 
             def write(tmp: str) -> None:
                 with open(tmp, "w") as f:
@@ -136,7 +140,7 @@ class GgufIndex:
             _put(index_file, write)
         with open(index_file) as f:
             index = json.load(f)
-        return cls(folder, index["arch"], [TensorEntry(**t) for t in index["tensors"]])
+        return cls(folder, index["arch"], [TensorEntry(**t) for t in index["tensors"]], index["sampling"])
 
 
 def _cache_folder(path: str) -> str:
