@@ -4,7 +4,7 @@ At batch 1 on a small model, a step's Python (module calls, views, one kernel ca
 costs more than its matmuls: SmolLM2-135M runs ~60 Python-level calls per layer. A fused
 layer chains the same kernels in C++; prefill and mixed steps keep the layer's own forward.
 Taken: bf16 layers of the plain pre-norm form (`DecoderLayer.parts()`) with SiLU, no logit
-softcap, whose linears are the backend's QuantLinear or PackedLinear.
+softcap, whose linears are the backend's QuantLinear, PanelLinear or PackedLinear.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from octavo.backend import DecoderLayer, DecoderLayerParts, ForwardContext, Rope
-from octavo_cpu.linear import PackedLinear
+from octavo_cpu.linear import PackedLinear, PanelLinear
 from octavo_cpu.quant import QuantLinear
 
 
@@ -39,7 +39,7 @@ class FusedDecodeLayer:
 
 
 def native_linear(module: nn.Module, native):
-    if isinstance(module, QuantLinear):
+    if isinstance(module, (QuantLinear, PanelLinear)):
         return module.native
     bias = None if module.bias is None else module.bias.detach()
     return native.Linear.packed(module.weight.detach(), bias, module.in_features, module.out_features)
@@ -49,7 +49,7 @@ def fusable(parts: DecoderLayerParts | None) -> bool:
     linears = () if parts is None else (parts.qkv_proj, parts.o_proj, parts.gate_up_proj, parts.down_proj)
     return (parts is not None and parts.act == "silu" and parts.attention.spec.logit_softcap is None
             and not parts.input_norm.gemma and parts.input_norm.weight.dtype == torch.bfloat16
-            and all(isinstance(m, (QuantLinear, PackedLinear)) for m in linears))
+            and all(isinstance(m, (QuantLinear, PackedLinear, PanelLinear)) for m in linears))
 
 
 def fuse_decoder_layers(model: nn.Module, native) -> int:

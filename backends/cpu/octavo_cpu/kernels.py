@@ -6,6 +6,8 @@ One build runs on every x86-64 CPU; what runs is chosen by the CPU's features at
 - `avx512()`: the module where the CPU has AVX-512 (paged attention, fused layer ops).
 - `quantized()`: the module where the CPU has at least AVX2 (GGUF quantized linears; the
   module picks AVX-512 VNNI or AVX2 itself).
+- `bf16_panels()`: the module where the CPU has AVX512-BF16 but no AMX (bf16 linears in our
+  panel layout; with AMX, oneDNN's tiles multiply prefills several times faster).
 """
 from __future__ import annotations
 
@@ -45,3 +47,10 @@ def quantized():
     if module is None or module.quant_isa() == "none":
         return None
     return module
+
+
+@functools.cache
+def bf16_panels():
+    if "avx512_bf16" not in cpu_flags() or "amx_bf16" in cpu_flags():
+        return None
+    return avx512()

@@ -1,8 +1,11 @@
-"""Linear layers with oneDNN's pre-packed weights, for bf16 and fp16 models where the CPU can.
+"""Dense linear layers with their weights packed once at load, for bf16 and fp16 models.
 
 A plain bf16 `F.linear` on the CPU repacks its weight into oneDNN's blocked layout on every
 call; packing once at load makes decode-sized matmuls about 1.5x faster (2x for the lm_head),
-with results equal to F.linear's up to the order of the sums. fp32 keeps `F.linear` (MKL), the same kernels as HF transformers.
+with results equal to F.linear's up to the order of the sums. On CPUs with AVX512-BF16 and
+no AMX, bf16 weights go into our own panels instead (csrc/bf16_linear.cpp), which stream
+from memory in order: 1.3x oneDNN's packed speed at batch 1 here and no slower up to
+prefills (`bench/README.md`). fp32 keeps `F.linear` (MKL), the same kernels as HF transformers.
 """
 from __future__ import annotations
 
@@ -32,9 +35,24 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
-def pack_linears(model: nn.Module, batch_size: int) -> int:
-    """Swap every nn.Linear whose dtype this CPU packs (`packable_dtypes`) for a PackedLinear;
-    returns how many. The others keep F.linear.
+class PanelLinear(nn.Module):
+    """A bf16 linear on our panels (16 output features each; out_features % 16 == 0)."""
+
+    def __init__(self, linear: nn.Linear, native):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(native.bf16_pack(linear.weight.detach()), requires_grad=False)
+        self.bias = linear.bias
+        self.native = native.Linear.panels(self.weight.detach(), None if self.bias is None else self.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.native.forward(x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
+
+
+def pack_linears(model: nn.Module, batch_size: int, panels=None) -> int:
+    """Swap every nn.Linear whose dtype this CPU packs (`packable_dtypes`) for a PackedLinear,
+    or with `panels` (the kernels module, `kernels.bf16_panels()`) a bf16 one whose shape fits
+    for a PanelLinear; returns how many. The others keep F.linear.
 
     `batch_size` is oneDNN's hint for the rows it should block for (any count works).
     """
@@ -42,5 +60,7 @@ def pack_linears(model: nn.Module, batch_size: int) -> int:
     swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
              if isinstance(child, nn.Linear) and child.weight.dtype in dtypes]
     for parent, name, child in swaps:
-        setattr(parent, name, PackedLinear(child, batch_size))
+        fits_panels = child.weight.dtype == torch.bfloat16 and child.out_features % 16 == 0 and child.in_features % 2 == 0
+        setattr(parent, name, PanelLinear(child, panels) if panels is not None and fits_panels
+                else PackedLinear(child, batch_size))
     return len(swaps)

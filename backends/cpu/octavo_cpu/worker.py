@@ -10,7 +10,7 @@ from octavo.backend import ModelConfig, TorchWorker
 from octavo_cpu.affinity import bind_worker
 from octavo_cpu.allocator import keep_freed_memory
 from octavo_cpu.fused import fuse_decoder_layers
-from octavo_cpu.kernels import avx512, quantized
+from octavo_cpu.kernels import avx512, bf16_panels, quantized
 from octavo_cpu.linear import pack_linears
 from octavo_cpu.quant import quantize_dense_linears, quantize_linears
 
@@ -29,7 +29,7 @@ class CpuWorker(TorchWorker):
             quantize_dense_linears(self.model, self.backend.options.quantization)
         if self.backend.quantized_types:
             quantize_linears(self.model, quantized())
-        pack_linears(self.model, self.config.max_num_seqs)
+        pack_linears(self.model, self.config.max_num_seqs, bf16_panels())
         fuse_decoder_layers(self.model, avx512())
         return model_config
 

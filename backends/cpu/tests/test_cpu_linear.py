@@ -1,12 +1,14 @@
-"""Pre-packed oneDNN linears give F.linear's results, and only the low-precision layers this CPU
-can pack are packed (fp16 packing needs AVX512-FP16 or AVX-NE-CONVERT: not on AMD Zen 4)."""
+"""Pre-packed linears give F.linear's results, and only the low-precision layers this CPU can
+pack are packed (fp16 packing needs AVX512-FP16 or AVX-NE-CONVERT: not on AMD Zen 4); bf16
+weights go into our panels where the CPU has AVX512-BF16 and no AMX, oneDNN's layout elsewhere."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from octavo_cpu import linear as linear_module
-from octavo_cpu.linear import PackedLinear, pack_linears, packable_dtypes
+from octavo_cpu.kernels import bf16_panels
+from octavo_cpu.linear import PackedLinear, PanelLinear, pack_linears, packable_dtypes
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
@@ -57,3 +59,32 @@ def test_unpackable_dtypes_keep_f_linear():
     for layer, dtype in ((model[0], torch.bfloat16), (model[1][0], torch.float16)):
         assert isinstance(layer, PackedLinear) == (dtype in packable_dtypes())
         assert layer(torch.ones(2, 8, dtype=dtype)).dtype == dtype
+
+
+@pytest.mark.skipif(bf16_panels() is None, reason="bf16 panels run where the CPU has AVX512-BF16 and no AMX")
+@pytest.mark.parametrize("rows", [1, 3, 8, 13, 64, 200])  # each tile of rows: 8, 4, then 3/2/1
+@pytest.mark.parametrize("shape", [(160, 96), (48, 4864), (9728, 64)], ids=["small", "long-rows", "many-panels"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_panel_linear_matches_f_linear(rows, shape, bias):
+    gen = torch.Generator().manual_seed(rows)
+    out_features, in_features = shape
+    linear = nn.Linear(in_features, out_features, bias=bias, dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(shape, generator=gen))
+        if bias:
+            linear.bias.copy_(torch.randn(out_features, generator=gen))
+    x = torch.randn(rows, 2, in_features, generator=gen).bfloat16()[:, 1]  # rows not contiguous with each other
+    expected = F.linear(x.float(), linear.weight.float(), None if linear.bias is None else linear.bias.float())
+    got = PanelLinear(linear, bf16_panels())(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, out_features)
+    torch.testing.assert_close(got.float(), expected, rtol=1.6e-2, atol=1e-1 * (in_features / 96) ** 0.5)
+
+
+@pytest.mark.skipif(bf16_panels() is None, reason="bf16 panels run where the CPU has AVX512-BF16 and no AMX")
+def test_pack_linears_takes_panels_where_the_shape_fits():
+    model = nn.Sequential(nn.Linear(8, 32, dtype=torch.bfloat16), nn.Linear(32, 8, dtype=torch.bfloat16),
+                          nn.Linear(8, 32, dtype=torch.float16))
+    pack_linears(model, batch_size=16, panels=bf16_panels())
+    assert isinstance(model[0], PanelLinear)
+    assert isinstance(model[1], PackedLinear)  # 8 outputs: not a whole panel of 16
+    assert isinstance(model[2], PackedLinear) == (torch.float16 in packable_dtypes())

@@ -16,6 +16,11 @@ at::Tensor rms_norm(at::Tensor x, const at::Tensor& weight, double eps, c10::opt
 at::Tensor silu_and_mul(const at::Tensor& gate_up);
 void rope_(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin);
 
+namespace octavo {
+at::Tensor bf16_pack(const at::Tensor& w);
+at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& packed);
+}  // namespace octavo
+
 namespace octavo::quant {
 std::string quant_isa();
 void set_quant_isa(const std::string& want);

@@ -38,10 +38,22 @@ Linear Linear::packed(at::Tensor weight, c10::optional<at::Tensor> bias, int64_t
   return l;
 }
 
+Linear Linear::panels(at::Tensor weight, c10::optional<at::Tensor> bias) {
+  Linear l;
+  l.in_features_ = weight.size(1), l.out_features_ = weight.size(0);
+  l.panels_ = std::move(weight), l.bias_ = std::move(bias);
+  return l;
+}
+
 at::Tensor Linear::forward(const at::Tensor& input) const {
   const at::Tensor x = input.stride(-1) == 1 ? input : input.contiguous();
   TORCH_CHECK(x.dim() == 2 && x.size(1) == in_features_, "linear: x must be [M, ", in_features_, "]");
   if (packed_.defined()) return linear_pointwise(x, packed_, bias_);
+  if (panels_.defined()) {
+    at::Tensor out = bf16_linear(x, panels_);
+    if (bias_) out.add_(*bias_);
+    return out;
+  }
   at::Tensor out = at::empty({x.size(0), out_features_}, x.options());
   const bool dense = x.size(0) >= kDenseRows && x.scalar_type() == at::kBFloat16;
   for (const auto& [start, end, type, weight] : parts_) {

@@ -1,6 +1,7 @@
 // A linear layer y = x W^T + b as the CPU backend holds it: GGUF-quantized row parts (each
-// multiplied in its blocks, or a dense part) or one weight pre-packed by oneDNN. One C++ call
-// per layer, from Python (QuantLinear) or from the fused decoder layer.
+// multiplied in its blocks, or a dense part), one bf16 weight in our panels (gemv_bf16.cpp)
+// or one weight pre-packed by oneDNN. One C++ call per layer, from Python (QuantLinear,
+// PanelLinear) or from the fused decoder layer.
 #pragma once
 
 #include <torch/extension.h>
@@ -17,6 +18,7 @@ class Linear {
 
   static Linear quantized(std::vector<Part> parts, c10::optional<at::Tensor> bias, int64_t in_features);
   static Linear packed(at::Tensor weight, c10::optional<at::Tensor> bias, int64_t in_features, int64_t out_features);
+  static Linear panels(at::Tensor weight, c10::optional<at::Tensor> bias);
 
   // x [M, K] -> [M, N] in x's dtype.
   at::Tensor forward(const at::Tensor& x) const;
@@ -24,6 +26,7 @@ class Linear {
  private:
   std::vector<Part> parts_;
   at::Tensor packed_;  // oneDNN's blocked weight, or undefined
+  at::Tensor panels_;  // bf16_pack's panels, or undefined
   c10::optional<at::Tensor> bias_;
   int64_t in_features_ = 0, out_features_ = 0;
 };
