@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from octavo.backend import QuantizedTensor
+from octavo_cpu.kernels import bf16_panels
 
 # GGUF's type numbers (ggml_type) of the formats the kernels read.
 GGML_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
@@ -41,9 +42,10 @@ class QuantLinear(nn.Module):
         for i, (_, _, _, tensor) in enumerate(self.parts):
             self.register_buffer(f"part{i}", tensor, persistent=False)
         self.bias = bias
-        # The multiply itself (csrc/linear.cpp): per part, the kernel for its type, or for a
-        # prefill's many rows in bf16 the part dequantized and multiplied by oneDNN.
-        self.native = kernels.Linear.quantized(self.parts, None if bias is None else bias.detach(), self.in_features)
+        # The multiply itself (csrc/linear.cpp): per part, the integer kernel for its type, or for
+        # batches of bf16 rows its rows dequantized into bf16 panels (prefills: oneDNN without them).
+        self.native = kernels.Linear.quantized(self.parts, None if bias is None else bias.detach(), self.in_features,
+                                               bf16_panels() is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.native.forward(x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)

@@ -7,7 +7,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
 from octavo.backend import QuantizedTensor
-from octavo_cpu.kernels import quantized
+from octavo_cpu.kernels import bf16_panels, quantized
 from octavo_cpu.quant import GGML_TYPES, QuantLinear
 
 pytestmark = pytest.mark.skipif(quantized() is None, reason="the quantized kernels need x86-64 with AVX2 and a build")
@@ -84,21 +84,35 @@ def test_isa_selection_refuses_what_the_cpu_lacks():
     assert kernels.quant_isa() in ISAS
 
 
-# From 64 rows on, bf16 layers multiply dequantized weights (kDenseRows, csrc/linear.cpp).
-@pytest.mark.parametrize("rows", [6, 64], ids=["kernel", "prefill-dequantized"])
+# Rows of bf16: the integer kernels below 16; from 16 on, parts of whole 16-row panels go
+# through bf16 panels where the CPU has AVX512-BF16 (no AMX), else from 64 on they dequantize
+# for oneDNN (csrc/linear.cpp); a part of 8 rows always takes the integer kernel.
+@pytest.mark.parametrize("rows", [6, 16, 64])
 def test_quant_linear_mixes_types_dense_parts_and_bias(rows):
-    """A Q4_K_M file's merged q/k/v can mix types; a part of a type without a kernel is dense;
-    from 64 rows on, bf16 layers multiply dequantized weights."""
+    """A Q4_K_M file's merged q/k/v can mix types; a part of a type without a kernel is dense."""
     K = 256
-    parts = [random_blocks("Q5_0", 24, K, 1), random_blocks("Q8_0", 8, K, 2), torch.randn(8, K).bfloat16()]
-    bias = torch.randn(40).bfloat16()
+    parts = [random_blocks("Q5_0", 32, K, 1), random_blocks("Q8_0", 16, K, 2), random_blocks("Q6_K", 8, K, 3),
+             torch.randn(8, K).bfloat16()]
+    bias = torch.randn(64).bfloat16()
     layer = QuantLinear(parts, bias, quantized())
     x = torch.randn(rows, 1, K).bfloat16()
     dense = torch.cat([p.dequantize(torch.float32) if isinstance(p, QuantizedTensor) else p.float() for p in parts])
     expected = x.reshape(-1, K).double() @ dense.double().T + bias.double()
     out = layer(x)
-    assert out.shape == (rows, 1, 40) and out.dtype == torch.bfloat16
-    assert (out.reshape(-1, 40).double() - expected).norm() / expected.norm() < 0.02
+    assert out.shape == (rows, 1, 64) and out.dtype == torch.bfloat16
+    assert (out.reshape(-1, 64).double() - expected).norm() / expected.norm() < 0.02
+
+
+@pytest.mark.skipif(bf16_panels() is None, reason="bf16 panels run where the CPU has AVX512-BF16 and no AMX")
+@pytest.mark.parametrize("qtype", list(HALF_FIELDS))
+def test_quantized_panels_match_the_dequantized_weight(qtype):
+    """Each format dequantized into panels: bf16 rounding of the weights only (no int8 activations)."""
+    w = random_blocks(qtype, 48, 512, 7)
+    x = torch.randn(20, 512).bfloat16()
+    out = torch.empty(20, 48, dtype=torch.bfloat16)
+    quantized().quant_panels_linear_out(x, w.data, GGML_TYPES[qtype], out)
+    expected = x.double() @ w.dequantize(torch.float32).double().T
+    assert (out.double() - expected).norm() / expected.norm() < 0.01
 
 
 def test_kernel_refuses_bad_shapes():

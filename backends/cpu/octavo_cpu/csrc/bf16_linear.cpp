@@ -9,8 +9,16 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
+
+#include "quant.h"
 
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+
+// The GGUF block decoders, compiled for this file's target.
+namespace octavo::quant::panels {
+#include "quant_formats.h"
+}  // namespace octavo::quant::panels
 
 namespace octavo {
 namespace {
@@ -62,7 +70,70 @@ void panels_tile(const bf16* x, int64_t ldx, int64_t M, const bf16* w, int64_t K
   }
 }
 
+// Weight rows [n0, n0 + 16) of GGUF blocks (format F, K per row) dequantized into one panel:
+// each 32-block's bf16 pairs go to their k-pair rows, one 32-bit lane per weight row.
+template <typename F>
+void dequantize_panel(const uint8_t* w, int64_t K, int64_t n0, uint32_t* panel) {
+  const int64_t row_bytes = K / F::kWeights * F::kBytes;
+  const __m512i lanes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                           _mm512_set1_epi32(kPanel));
+  for (int64_t i = 0; i < kPanel; ++i)
+    for (int64_t sb = 0; sb < K / F::kWeights; ++sb) {
+      const uint8_t* bytes = w + (n0 + i) * row_bytes + sb * F::kBytes;
+      const auto header = F::header(bytes);
+      for (int j = 0; j < F::kWeights / 32; ++j) {
+        const quant::panels::Block b = F::unpack(bytes, header, j);
+        const __m128i low = _mm256_castsi256_si128(b.q), high = _mm256_extracti128_si256(b.q, 1);
+        const __m512i q0 = F::Signed ? _mm512_cvtepi8_epi32(low) : _mm512_cvtepu8_epi32(low);
+        const __m512i q1 = F::Signed ? _mm512_cvtepi8_epi32(high) : _mm512_cvtepu8_epi32(high);
+        const __m512 w0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q0), _mm512_set1_ps(b.d[0]), _mm512_set1_ps(b.m[0]));
+        const __m512 w1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q1), _mm512_set1_ps(b.d[1]), _mm512_set1_ps(b.m[1]));
+        const int64_t pair0 = (sb * F::kWeights + 32 * j) / 2;
+        _mm512_i32scatter_epi32(panel + pair0 * kPanel + i, lanes, (__m512i)_mm512_cvtne2ps_pbh(w1, w0), 4);
+      }
+    }
+}
+
+template <typename F>
+void quantized_panels(const bf16* x, int64_t ldx, int64_t M, const uint8_t* w, int64_t N, int64_t K, bf16* out,
+                      int64_t ldo) {
+  at::parallel_for(0, N / kPanel, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<uint32_t> panel;
+    panel.resize(K / 2 * kPanel);
+    for (int64_t p = begin; p < end; ++p) {
+      dequantize_panel<F>(w, K, p * kPanel, panel.data());
+      panels_tile<1>(x, ldx, M, reinterpret_cast<const bf16*>(panel.data()), K, 0, kPanel, out + p * kPanel, ldo);
+    }
+  });
+}
+
 }  // namespace
+
+// x [M, K] bf16 (rows contiguous) times GGUF-quantized w [N, row bytes] (type `type`,
+// N % 16 == 0) into out [M, N] (rows may be strided): each 16 rows of w dequantized to a
+// bf16 panel and multiplied as bf16_linear does. For batches of rows, where the integer
+// kernels (quant_kernels.inc) are bound by their per-block scaling and VDPBF16PS is not.
+void quant_panels_linear_out(const at::Tensor& x, const at::Tensor& w, int64_t type, at::Tensor& out) {
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && out.scalar_type() == at::kBFloat16 && x.stride(1) == 1 &&
+                  out.stride(1) == 1 && w.is_contiguous() && w.size(0) % kPanel == 0,
+              "quant_panels_linear_out: bf16 x and out with contiguous rows, w rows a multiple of 16");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  const bf16* xp = x.data_ptr<bf16>();
+  const uint8_t* wp = w.data_ptr<uint8_t>();
+  bf16* op = out.data_ptr<bf16>();
+  using namespace quant::panels;
+  switch (static_cast<quant::QuantType>(type)) {
+    case quant::QuantType::Q4_0: quantized_panels<Q4_0>(xp, x.stride(0), M, wp, N, K, op, out.stride(0)); break;
+    case quant::QuantType::Q4_1: quantized_panels<Q4_1>(xp, x.stride(0), M, wp, N, K, op, out.stride(0)); break;
+    case quant::QuantType::Q5_0: quantized_panels<Q5_0>(xp, x.stride(0), M, wp, N, K, op, out.stride(0)); break;
+    case quant::QuantType::Q5_1: quantized_panels<Q5_1>(xp, x.stride(0), M, wp, N, K, op, out.stride(0)); break;
+    case quant::QuantType::Q8_0: quantized_panels<Q8_0>(xp, x.stride(0), M, wp, N, K, op, out.stride(0)); break;
+    case quant::QuantType::Q4_K: quantized_panels<Q4_K>(xp, x.stride(0), M, wp, N, K, op, out.stride(0)); break;
+    case quant::QuantType::Q5_K: quantized_panels<Q5_K>(xp, x.stride(0), M, wp, N, K, op, out.stride(0)); break;
+    case quant::QuantType::Q6_K: quantized_panels<Q6_K>(xp, x.stride(0), M, wp, N, K, op, out.stride(0)); break;
+    default: TORCH_CHECK(false, "quantized type ", type, " has no CPU kernel");
+  }
+}
 
 // w [N, K] bf16 (N % 16 == 0, K even) -> its panels, [N / 16, K / 2, 16, 2] flattened to [N, K].
 at::Tensor bf16_pack(const at::Tensor& w) {

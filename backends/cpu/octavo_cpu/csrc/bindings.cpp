@@ -14,6 +14,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope_", &rope_);
   m.def("bf16_pack", &octavo::bf16_pack);
   m.def("bf16_linear", &octavo::bf16_linear);
+  m.def("quant_panels_linear_out", &octavo::quant_panels_linear_out);
   m.def("quant_isa", &octavo::quant::quant_isa);
   m.def("set_quant_isa", &octavo::quant::set_quant_isa);
   m.def("quant_linear_out", &octavo::quant::quant_linear_out);

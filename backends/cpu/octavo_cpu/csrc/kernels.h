@@ -19,6 +19,7 @@ void rope_(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin);
 namespace octavo {
 at::Tensor bf16_pack(const at::Tensor& w);
 at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& packed);
+void quant_panels_linear_out(const at::Tensor& x, const at::Tensor& w, int64_t type, at::Tensor& out);
 }  // namespace octavo
 
 namespace octavo::quant {

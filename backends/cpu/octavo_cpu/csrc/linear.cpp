@@ -7,9 +7,12 @@
 namespace octavo {
 namespace {
 
-// From this many rows on (prefill), bf16 parts are dequantized and multiplied by oneDNN:
-// one core here did 51 GMAC/s in the int8 kernel at any M >= 8, and 72 GMAC/s dequantizing
-// a 4864 x 896 weight to bf16 for a linear at M = 128 (24 at M = 32).
+// How a quantized part multiplies bf16 rows. The integer kernels run ~40-60 GMAC/s a core
+// here at any M >= 4 (bound by their per-block scaling); dequantizing 16 weight rows at a
+// time into bf16 panels runs 60 GMAC/s at M = 16, 90 at 32 and 140 at 128 (bench/README.md).
+// Without panels (no AVX512-BF16, or AMX), prefills dequantize the whole part for oneDNN:
+// 72 GMAC/s at M = 128 on a 4864 x 896 weight (24 at M = 32).
+constexpr int64_t kPanelRows = 16;
 constexpr int64_t kDenseRows = 64;
 
 // torch's mkldnn::_linear_pointwise (what PackedLinear calls) on a pre-packed weight.
@@ -24,11 +27,11 @@ at::Tensor linear_pointwise(const at::Tensor& x, const at::Tensor& w, const c10:
 
 }  // namespace
 
-Linear Linear::quantized(std::vector<Part> parts, c10::optional<at::Tensor> bias, int64_t in_features) {
+Linear Linear::quantized(std::vector<Part> parts, c10::optional<at::Tensor> bias, int64_t in_features, bool panels) {
   TORCH_CHECK(!parts.empty(), "a quantized linear needs parts");
   Linear l;
   l.out_features_ = std::get<1>(parts.back());
-  l.parts_ = std::move(parts), l.bias_ = std::move(bias), l.in_features_ = in_features;
+  l.parts_ = std::move(parts), l.bias_ = std::move(bias), l.in_features_ = in_features, l.quantized_panels_ = panels;
   return l;
 }
 
@@ -55,11 +58,15 @@ at::Tensor Linear::forward(const at::Tensor& input) const {
     return out;
   }
   at::Tensor out = at::empty({x.size(0), out_features_}, x.options());
-  const bool dense = x.size(0) >= kDenseRows && x.scalar_type() == at::kBFloat16;
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  const bool panels = bf16 && quantized_panels_ && x.size(0) >= kPanelRows;
+  const bool dense = bf16 && !quantized_panels_ && x.size(0) >= kDenseRows;
   for (const auto& [start, end, type, weight] : parts_) {
     at::Tensor target = parts_.size() == 1 ? out : out.narrow(1, start, end - start);
     if (type < 0)
       target.copy_(at::linear(x, weight));
+    else if (panels && (end - start) % 16 == 0)
+      quant_panels_linear_out(x, weight, type, target);
     else if (dense)
       target.copy_(at::linear(x, quant::quant_dequantize(weight, type, in_features_, x.scalar_type())));
     else

@@ -16,7 +16,8 @@ class Linear {
   // (first row, end row, ggml type or -1 for a dense [rows, K] weight, tensor) per part.
   using Part = std::tuple<int64_t, int64_t, int64_t, at::Tensor>;
 
-  static Linear quantized(std::vector<Part> parts, c10::optional<at::Tensor> bias, int64_t in_features);
+  // panels: the CPU runs quant_panels_linear_out (AVX512-BF16), for batches of bf16 rows.
+  static Linear quantized(std::vector<Part> parts, c10::optional<at::Tensor> bias, int64_t in_features, bool panels);
   static Linear packed(at::Tensor weight, c10::optional<at::Tensor> bias, int64_t in_features, int64_t out_features);
   static Linear panels(at::Tensor weight, c10::optional<at::Tensor> bias);
 
@@ -29,6 +30,7 @@ class Linear {
   at::Tensor panels_;  // bf16_pack's panels, or undefined
   c10::optional<at::Tensor> bias_;
   int64_t in_features_ = 0, out_features_ = 0;
+  bool quantized_panels_ = false;
 };
 
 }  // namespace octavo
