@@ -16,6 +16,7 @@
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
 
 // The GGUF block decoders, compiled for this file's target.
+#define OCTAVO_AVX512 1
 namespace octavo::quant::panels {
 #include "quant_formats.h"
 }  // namespace octavo::quant::panels

@@ -13,4 +13,5 @@
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
 #define OCTAVO_ISA avx512
 #define OCTAVO_VNNI 1
+#define OCTAVO_AVX512 1
 #include "quant_isa.inc"

@@ -39,12 +39,17 @@ inline __m256i nibbles32(const uint8_t* p, bool high) {
   return _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
 }
 
-// 32 bits -> 32 bytes, 0x10 where the bit is set (the fifth bit of Q5_0's weights).
+// 32 bits -> 32 bytes, 0x10 where the bit is set (the fifth bit of Q5_0's weights): one mask
+// move on AVX-512 (the including file defines OCTAVO_AVX512 there), four ops on AVX2.
 inline __m256i fifth_bits(uint32_t bits) {
+#if OCTAVO_AVX512
+  return _mm256_maskz_mov_epi8(bits, _mm256_set1_epi8(0x10));
+#else
   const __m256i shuffle = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
   __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)), shuffle);
   bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));  // all ones where the bit is set
   return _mm256_and_si256(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+#endif
 }
 
 inline Block block(__m256i q, float d, float m) { return Block{q, {d, d}, {m, m}}; }
@@ -112,14 +117,20 @@ struct KScales {
 
 inline KScales k_scales(const uint8_t* b) {
   const float d = half_to_float(load_u16(b)), dmin = half_to_float(load_u16(b + 2));
-  const uint8_t* s = b + 4;
+  // The 12 bytes of 6-bit values, unpacked four at a time in 32-bit words (as llama.cpp
+  // does): scales 0-3 are the low 6 bits of bytes 0-3 and mins 0-3 of bytes 4-7; scales and
+  // mins 4-7 take their low 4 bits from bytes 8-11 and their top 2 bits from bytes 0-3 / 4-7.
+  uint32_t s[3], v[4];
+  std::memcpy(s, b + 4, 12);
+  v[0] = s[0] & 0x3f3f3f3f;                                                  // scales 0-3
+  v[1] = (s[2] & 0x0f0f0f0f) | (((s[0] >> 6) & 0x03030303) << 4);            // scales 4-7
+  v[2] = s[1] & 0x3f3f3f3f;                                                  // mins 0-3
+  v[3] = ((s[2] >> 4) & 0x0f0f0f0f) | (((s[1] >> 6) & 0x03030303) << 4);     // mins 4-7
+  const __m256 scales = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v))));
+  const __m256 mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v + 2))));
   KScales k;
-  for (int j = 0; j < 8; ++j) {
-    const int sc = j < 4 ? s[j] & 63 : (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-    const int mn = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-    k.d[j] = d * static_cast<float>(sc);
-    k.m[j] = -dmin * static_cast<float>(mn);
-  }
+  _mm256_storeu_ps(k.d, _mm256_mul_ps(scales, _mm256_set1_ps(d)));
+  _mm256_storeu_ps(k.m, _mm256_mul_ps(mins, _mm256_set1_ps(-dmin)));
   return k;
 }
 
@@ -154,10 +165,11 @@ struct Q6_K : Format {
     float d[16];
   };
   static Header header(const uint8_t* b) {
-    const float d = half_to_float(load_u16(b + 208));
-    const auto* sc = reinterpret_cast<const int8_t*>(b + 192);
+    const __m256 d = _mm256_set1_ps(half_to_float(load_u16(b + 208)));
+    const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192));
     Header h;
-    for (int i = 0; i < 16; ++i) h.d[i] = d * static_cast<float>(sc[i]);
+    _mm256_storeu_ps(h.d, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
+    _mm256_storeu_ps(h.d + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))));
     return h;
   }
   static Block unpack(const uint8_t* b, const Header& h, int j) {
