@@ -38,7 +38,7 @@ class CpuAttentionMetadata:
     slot_mapping: torch.Tensor  # [T] int64: block * block_size + offset of each new token
     decode: DecodeBatch | None
     prefills: list[PrefillChunk]
-    decode_only: bool  # every token of the step is a decode, in the leading rows
+    decode_only: bool  # every token of the step is a decode, in the leading rows, none padded
     masks: dict = field(default_factory=dict)  # (kind, index, window) -> bool mask, per step
 
 
@@ -104,7 +104,9 @@ class TorchPagedAttention(AttentionBackend):
             leading = decode_rows[-1] == len(decode_rows) - 1  # then their tokens are 0..Bd-1
             tokens = slice(0, len(decode_rows)) if leading else layout.query_start_loc[rows].long().to(device)
             decode = DecodeBatch(tokens, layout.block_tables[rows, :nb].contiguous().to(device), dec_lens.to(device))
-        return CpuAttentionMetadata(layout.slot_mapping.to(device), decode, prefills, leading and not prefills)
+        # Decode-only: no prefill, and no padded tokens past the decodes (static-shape steps).
+        decode_only = leading and not prefills and len(decode_rows) == layout.slot_mapping.numel()
+        return CpuAttentionMetadata(layout.slot_mapping.to(device), decode, prefills, decode_only)
 
     def forward(self, spec: AttentionSpec, q, k, v, kv_cache, md: CpuAttentionMetadata):
         amx = self.uses_amx(spec, kv_cache)

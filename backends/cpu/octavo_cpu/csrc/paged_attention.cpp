@@ -374,6 +374,8 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
               "q and cache dtypes differ");
   TORCH_CHECK(block_table.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt,
               "block_table and seq_lens must be int32");
+  TORCH_CHECK(block_table.dim() == 2 && block_table.size(0) == q.size(0) && seq_lens.numel() == q.size(0),
+              "block_table and seq_lens need one row per query token");
   TORCH_CHECK(!amx || (amx_available() && q.scalar_type() == at::kBFloat16 && k_cache.size(2) % 16 == 0 &&
                        q.size(2) % 32 == 0 && q.size(1) / k_cache.size(1) <= 16),
               "the AMX layout needs AMX, bf16, block_size % 16 == 0, head_dim % 32 == 0 and a group <= 16");
