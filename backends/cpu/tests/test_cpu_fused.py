@@ -19,8 +19,12 @@ def tiny_model(tmp_path_factory):
     return lambda family: make_tiny_model(family, str(tmp_path_factory.mktemp(family)))
 
 
-def run(path: str, monkeypatch, fused: bool, **kwargs) -> tuple[list, int]:
+def run(path: str, monkeypatch, fused: bool, onednn: bool = False, **kwargs) -> tuple[list, int]:
+    """Greedy tokens and top-2 logprobs, and how many layers were fused; `onednn` packs bf16
+    linears in oneDNN's layout even where this CPU runs our panels (AMX CPUs always do)."""
     monkeypatch.setenv("OCTAVO_CPU_FUSED", "1" if fused else "0")
+    if onednn:
+        monkeypatch.setattr("octavo_cpu.worker.bf16_panels", lambda: None)
     llm = LLM(path, dtype="bfloat16", max_model_len=256, num_kv_blocks=64, seed=0, **kwargs)
     layers = [m for m in llm.engine.worker.model.modules() if isinstance(m, DecoderLayer)]
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=2)
@@ -31,11 +35,12 @@ def run(path: str, monkeypatch, fused: bool, **kwargs) -> tuple[list, int]:
 
 
 @pytest.mark.parametrize("family, kwargs", [
-    ("llama", {}),  # oneDNN-packed bf16 linears
+    ("llama", {}),  # bf16 linears in panels (AVX512-BF16 without AMX) or oneDNN's layout
+    ("llama", {"onednn": True}),  # oneDNN's layout on every CPU
     ("qwen2", {}),  # q/k/v bias
     ("mistral", {}),  # a sliding window of 32: the longest prompt outgrows it
     ("qwen2", {"quantization": "int8"}),  # quantized linears with a bias
-], ids=["llama", "qwen2", "mistral-window", "qwen2-int8"])
+], ids=["llama", "llama-onednn", "qwen2", "mistral-window", "qwen2-int8"])
 def test_fused_decode_equals_op_by_op(family, kwargs, tiny_model, monkeypatch):
     if "quantization" in kwargs and quantized() is None:
         pytest.skip("no quantized kernels here")
