@@ -1,8 +1,9 @@
 """Decoder layers whose decode steps run as one native call (csrc/decode_layer.cpp).
 
 At batch 1 on a small model, a step's Python (module calls, views, one kernel call per op)
-costs more than its matmuls: SmolLM2-135M runs ~60 Python-level calls per layer. A fused
-layer chains the same kernels in C++; prefill and mixed steps keep the layer's own forward.
+costs more than its matmuls: a Q8_0 SmolLM2-135M step took 9.1 ms op by op and 6.9 ms fused
+at one thread here. A fused layer chains the same kernels in C++; prefill, mixed and padded
+steps keep the layer's own forward.
 Taken: bf16 layers of the plain pre-norm form (`DecoderLayer.parts()`) with SiLU, no logit
 softcap, whose linears are the backend's QuantLinear, PanelLinear or PackedLinear.
 """
@@ -23,6 +24,8 @@ class FusedDecodeLayer:
 
     def __init__(self, parts: DecoderLayerParts, native):
         self.attention = parts.attention
+        self.cache_of: torch.Tensor | None = None  # the kv_cache that `caches` views
+        self.caches: tuple[torch.Tensor, torch.Tensor, bool] = ()
         spec = parts.attention.spec
         self.native = native.DecodeLayer(
             parts.input_norm.weight.detach(), parts.post_attention_norm.weight.detach(), parts.input_norm.eps,
@@ -34,8 +37,12 @@ class FusedDecodeLayer:
         if not md.decode_only:
             return None
         kv_cache = self.attention.kv_cache
-        return self.native.forward(x, residual, *rope, kv_cache, md.slot_mapping, md.decode.block_table,
-                                   md.decode.seq_lens, ctx.attn.uses_amx(self.attention.spec, kv_cache))
+        if kv_cache is not self.cache_of:  # the cache's K and V views, once per binding
+            amx = ctx.attn.uses_amx(self.attention.spec, kv_cache)
+            self.caches = (*ctx.attn.block_views(kv_cache, self.attention.spec.head_dim, amx), amx)
+            self.cache_of = kv_cache
+        return self.native.forward(x, residual, *rope, *self.caches, md.slot_mapping, md.decode.block_table,
+                                   md.decode.seq_lens)
 
 
 def native_linear(module: nn.Module, native):

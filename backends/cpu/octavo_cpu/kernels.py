@@ -7,7 +7,7 @@ One build runs on every x86-64 CPU; what runs is chosen by the CPU's features at
 - `quantized()`: the module where the CPU has at least AVX2 (GGUF quantized linears; the
   module picks AVX-512 VNNI or AVX2 itself).
 - `bf16_panels()`: the module where the CPU has AVX512-BF16 but no AMX (bf16 linears in our
-  panel layout; with AMX, oneDNN's tiles multiply prefills several times faster).
+  panel layout; with AMX, oneDNN multiplies with its tiles, which the panels do not use).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 // A pre-norm decoder layer's decode step (one new token per sequence, bf16) as one call:
 // the same kernels, in the same order, as the layer's Python forward with the CPU backend's
-// layer ops (octavo.models.llama.LlamaDecoderLayer), without the ~60 Python-level calls
-// per layer that cost a batch-1 step more than its matmuls on a small model.
+// layer ops (octavo.models.llama.LlamaDecoderLayer), without its Python-level calls (module
+// calls, views, one kernel call per op), which cost a batch-1 step of a small model more
+// than its matmuls.
 #include "decode_layer.h"
 
 #include "kernels.h"
@@ -26,9 +27,9 @@ DecodeLayer::DecodeLayer(at::Tensor input_norm, at::Tensor post_attention_norm, 
 
 std::tuple<at::Tensor, at::Tensor> DecodeLayer::forward(at::Tensor x, c10::optional<at::Tensor> residual,
                                                          const at::Tensor& cos, const at::Tensor& sin,
-                                                         const at::Tensor& kv_cache, const at::Tensor& slot_mapping,
-                                                         const at::Tensor& block_table, const at::Tensor& seq_lens,
-                                                         bool amx) const {
+                                                         at::Tensor& k_cache, at::Tensor& v_cache, bool amx,
+                                                         const at::Tensor& slot_mapping, const at::Tensor& block_table,
+                                                         const at::Tensor& seq_lens) const {
   const int64_t T = x.size(0), D = head_dim_;
   // On the first layer the residual stream starts as the embeddings themselves.
   at::Tensor stream = residual ? *residual : x;
@@ -41,11 +42,6 @@ std::tuple<at::Tensor, at::Tensor> DecodeLayer::forward(at::Tensor x, c10::optio
   rope_(q, cos, sin);
   rope_(k, cos, sin);
 
-  // The caches as TorchPagedAttention.block_views lays them out.
-  const int64_t blocks = kv_cache.size(1), block_size = kv_cache.size(3) / D;
-  const std::vector<int64_t> dim_major{blocks, kv_heads_, D, block_size}, token_major{blocks, kv_heads_, block_size, D};
-  at::Tensor k_cache = kv_cache.select(0, 0).view(amx ? token_major : dim_major);
-  at::Tensor v_cache = kv_cache.select(0, 1).view(amx ? dim_major : token_major);
   write_kv(k_cache, v_cache, k, v, slot_mapping, amx);
   const at::Tensor attn = paged_decode(q, k_cache, v_cache, block_table, seq_lens, scale_, window_, 0.0, amx);
 
